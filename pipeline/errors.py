@@ -1,0 +1,22 @@
+"""The error types geoseg raises for problems a user can fix.
+
+Every such error derives from :class:`GeosegError`; its message names the input, the problem
+and the fix, in one line, because the CLI prints it as ``error: <message>`` and exits 2.
+Assertions remain for our own invariants and are never raised for user input.
+"""
+
+
+class GeosegError(Exception):
+    """Root of every error caused by input a user can correct."""
+
+
+class ConfigError(GeosegError, ValueError):
+    """A catalog or workflow file is malformed or inconsistent."""
+
+
+class SceneError(GeosegError, OSError):
+    """A scene's files are missing, unreadable or do not fit together."""
+
+
+class ModelError(GeosegError, ValueError):
+    """A model cannot be built or does not fit the scene it is asked to run on."""

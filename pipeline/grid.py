@@ -1,0 +1,108 @@
+"""The pixel grid of a run and its division into blocks and tiles.
+
+A :class:`Grid` is the CRS, affine transform and size every output shares. A :class:`Block` is
+one output window of that grid; the model sees it through a *tile*: the block grown by a halo
+on each side, clipped to the grid, and padded back to full size by reflection where the grid
+ends (:func:`tile_window`). Everything here is a frozen value object, so Dask task keys and
+resume keys derived from them are deterministic. Nothing here opens a file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from affine import Affine
+from rasterio.windows import Window
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A georeferenced pixel grid: CRS (as WKT), affine transform and size in pixels."""
+
+    crs_wkt: str
+    transform: tuple[float, float, float, float, float, float]
+    width: int
+    height: int
+
+    @property
+    def affine(self) -> Affine:
+        """The grid's transform as an :class:`affine.Affine`."""
+        return Affine(*self.transform)
+
+    @property
+    def res(self) -> tuple[float, float]:
+        """Pixel size (x, y) in CRS units, both positive."""
+        a, _, _, _, e, _ = self.transform
+        return abs(a), abs(e)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in CRS units."""
+        left, top = self.affine @ (0, 0)
+        right, bottom = self.affine @ (self.width, self.height)
+        return min(left, right), min(bottom, top), max(left, right), max(bottom, top)
+
+    def window_transform(self, window: Window) -> Affine:
+        """Transform of the pixel at the window's top-left corner."""
+        return self.affine @ Affine.translation(window.col_off, window.row_off)
+
+
+@dataclass(frozen=True, order=True)
+class Block:
+    """One output window of a grid, in pixels: offsets then size."""
+
+    row_off: int
+    col_off: int
+    height: int
+    width: int
+
+    @property
+    def window(self) -> Window:
+        """The block as a rasterio window."""
+        return Window(self.col_off, self.row_off, self.width, self.height)
+
+    @property
+    def key(self) -> str:
+        """A short stable name, e.g. ``r1024-c2048-1024x1024``."""
+        return f"r{self.row_off}-c{self.col_off}-{self.height}x{self.width}"
+
+
+@dataclass(frozen=True)
+class Padding:
+    """Pixels added by reflection on each side of a tile, where the grid ended."""
+
+    top: int = 0
+    bottom: int = 0
+    left: int = 0
+    right: int = 0
+
+
+def blocks(grid: Grid, size: int) -> list[Block]:
+    """Cover the grid with blocks of ``size``×``size`` (smaller at the right and bottom edges)."""
+    if size < 1:
+        raise ValueError(f"block size must be positive, got {size}")
+    out = []
+    for r in range(math.ceil(grid.height / size)):
+        for c in range(math.ceil(grid.width / size)):
+            row, col = r * size, c * size
+            out.append(Block(row, col, min(size, grid.height - row), min(size, grid.width - col)))
+    return out
+
+
+def tile_window(grid: Grid, block: Block, halo: int) -> tuple[Window, Padding]:
+    """Return the window to read for ``block`` with ``halo``, and the padding that completes it.
+
+    The read window is the block grown by ``halo`` and clipped to the grid; the padding is what
+    the clipping removed, to be filled by reflection so the model always sees the halo.
+    """
+    if halo < 0:
+        raise ValueError(f"halo must be >= 0, got {halo}")
+    top = block.row_off - halo
+    left = block.col_off - halo
+    bottom = block.row_off + block.height + halo
+    right = block.col_off + block.width + halo
+    r0, c0 = max(top, 0), max(left, 0)
+    r1, c1 = min(bottom, grid.height), min(right, grid.width)
+    pad = Padding(top=r0 - top, bottom=bottom - r1, left=c0 - left, right=right - c1)
+    return Window(c0, r0, c1 - c0, r1 - r0), pad

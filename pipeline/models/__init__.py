@@ -1,0 +1,40 @@
+"""Segmentation models: the common interface and the builders behind workflow ``model:`` entries.
+
+:class:`~pipeline.models.base.SegmentationModel` is the interface; :mod:`.indices` holds the
+spectral-index models. :func:`build_model` turns a validated model configuration into a module.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from pipeline.errors import ModelError
+from pipeline.models.base import SegmentationModel
+from pipeline.models.indices import INDEX_MODELS
+from pipeline.workflow import IndexModelConfig, ModelConfig
+
+
+def build_model(config: ModelConfig) -> SegmentationModel:
+    """Build the model a workflow describes, in eval mode; raise :class:`ModelError` if it can't."""
+    if isinstance(config, IndexModelConfig):
+        cls = INDEX_MODELS.get(config.name)
+        if cls is None:
+            raise ModelError(
+                f"unknown index model {config.name!r}; known: {', '.join(sorted(INDEX_MODELS))}"
+            )
+        accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        unknown = sorted(set(config.params) - set(accepted))
+        if unknown:
+            raise ModelError(
+                f"index model {config.name!r} has no parameter {unknown[0]!r}; "
+                f"it takes: {', '.join(accepted)}"
+            )
+        try:
+            model = cls(**config.params)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"index model {config.name!r}: {exc}") from None
+        return model.eval()
+    raise ModelError(f"unsupported model kind {config.kind!r}")  # pragma: no cover
+
+
+__all__ = ["SegmentationModel", "build_model"]

@@ -1,0 +1,414 @@
+"""Running a workflow on a scene with Dask distributed: the only module that knows Dask.
+
+The client plans the run (grid, blocks), then submits one task per block. A task carries small
+frozen value objects only (the scene references, the grid, the block); it reads its tile,
+classifies it with the model its worker built once (:class:`ModelPlugin`), and returns the
+block's class and confidence arrays. The client writes each block into the output rasters as it
+arrives, so neither workers nor client hold a whole scene. Polygons and provenance follow, and
+every output is renamed into place only when all of them are complete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import platform
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+from distributed import Client, LocalCluster, as_completed, get_worker
+from distributed.diagnostics.plugin import WorkerPlugin
+from tqdm import tqdm
+
+from pipeline import __version__
+from pipeline.catalog import Catalog, Scene
+from pipeline.errors import ConfigError, ModelError
+from pipeline.grid import Block, Grid, blocks, tile_window
+from pipeline.inference import NODATA, predict_tile
+from pipeline.models import SegmentationModel, build_model
+from pipeline.publish import BlockRaster, Staging, write_json, write_polygons
+from pipeline.reading import check_compatible, read_band, read_window, scene_grid
+from pipeline.stitch import crop_block, pad_tile
+from pipeline.vectorize import vectorize
+from pipeline.workflow import ModelConfig, Workflow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run: output root, parallelism and progress display."""
+
+    out: Path = Path("outputs")
+    workers: int | None = None
+    scheduler: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class RunResult:
+    """What a finished run wrote, and its summary (the content of ``run.json``)."""
+
+    folder: Path
+    files: list[Path]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def process_block(
+    model: SegmentationModel,
+    scene: Scene,
+    before: Scene | None,
+    grid: Grid,
+    block: Block,
+    halo: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read, classify and crop one block; return its (classes, confidence) arrays."""
+    read, pad = tile_window(grid, block, halo)
+    data, valid = read_window(scene, model.bands, grid, read)
+    if before is not None:
+        data_b, valid_b = read_window(before, model.bands, grid, read)
+        data = np.concatenate([data_b, data], axis=0)
+        valid &= valid_b
+    data, valid = pad_tile(data, valid, pad)
+    classes, confidence = predict_tile(model, data, valid)
+    return crop_block(classes, read, pad, block), crop_block(confidence, read, pad, block)
+
+
+class ModelPlugin(WorkerPlugin):
+    """A Dask worker plugin that builds the model once per worker process.
+
+    Only the model's configuration travels to the workers; the weights are built (or, for
+    network models, loaded) on each worker at registration, never shipped inside a task.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.model: SegmentationModel | None = None
+
+    def setup(self, worker: Any) -> None:
+        """Build the model in the worker process, with one torch thread."""
+        import torch
+
+        torch.set_num_threads(1)
+        self.model = build_model(self.config)
+
+    def teardown(self, worker: Any) -> None:
+        """Release the model."""
+        self.model = None
+
+
+def plugin_name(config: ModelConfig) -> str:
+    """A name unique to a model configuration, so runs with other models never share one."""
+    import hashlib
+
+    digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+    return f"geoseg-model-{digest}"
+
+
+def _block_task(
+    plugin: str, scene: Scene, before: Scene | None, grid: Grid, block: Block, halo: int
+) -> tuple[Block, np.ndarray, np.ndarray]:
+    model = cast(ModelPlugin, get_worker().plugins[plugin]).model
+    assert model is not None, "model plugin was not set up"
+    classes, confidence = process_block(model, scene, before, grid, block, halo)
+    return block, classes, confidence
+
+
+@contextmanager
+def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
+    """A distributed client: on ``scheduler`` if given, else on a LocalCluster of processes."""
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as exc:
+            raise ConfigError(
+                f"cannot reach the Dask scheduler at {scheduler}: {exc}; "
+                "check the address or leave --scheduler out to use a local cluster"
+            ) from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    n = workers or len(os.sched_getaffinity(0))
+    one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    with (
+        LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+            env=one_thread,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "geoseg": __version__}
+    for pkg in (
+        "torch",
+        "torchgeo",
+        "rasterio",
+        "dask",
+        "distributed",
+        "numpy",
+        "shapely",
+        "pyogrio",
+        "pyproj",
+    ):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    import rasterio
+
+    out["gdal"] = rasterio.__gdal_version__
+    return out
+
+
+def _scene_info(scene: Scene | None) -> dict[str, Any] | None:
+    if scene is None:
+        return None
+    return {
+        "id": scene.id,
+        "acquired": scene.acquired.isoformat() if scene.acquired else None,
+        "sensor": scene.sensor,
+        "series": scene.series,
+        "scale": scene.scale,
+        "offset": scene.offset,
+        "bands": {b.name: {"path": b.path, "index": b.index} for b in scene.bands},
+    }
+
+
+def plan(
+    workflow: Workflow, catalog: Catalog, scene_id: str, before_id: str | None
+) -> tuple[SegmentationModel, Scene, Scene | None, Grid]:
+    """Check that the workflow's model fits the scenes and return what a run needs.
+
+    Everything a user can get wrong is found here, before any cluster starts.
+    """
+    model = build_model(workflow.model)
+    if model.num_classes != len(workflow.classes):
+        raise ModelError(
+            f"workflow {workflow.name!r} lists {len(workflow.classes)} classes but model "
+            f"{model.model_id!r} predicts {model.num_classes}; list one class per model output"
+        )
+    if model.needs_before and before_id is None:
+        raise ConfigError(
+            f"workflow {workflow.name!r} compares two dates: give the pre-event scene with "
+            "--before ID"
+        )
+    if not model.needs_before and before_id is not None:
+        raise ConfigError(
+            f"workflow {workflow.name!r} uses one date only; drop --before {before_id}"
+        )
+    scene = catalog.scene(scene_id)
+    before = catalog.scene(before_id) if before_id is not None else None
+    if before is not None and before.id == scene.id:
+        raise ConfigError("--before names the same scene as --scene; pick the pre-event scene")
+    grid = scene_grid(scene, model.bands)
+    if before is not None:
+        check_compatible(before, model.bands, grid)
+    return model, scene, before, grid
+
+
+def run(
+    workflow: Workflow,
+    catalog: Catalog,
+    scene_id: str,
+    before_id: str | None = None,
+    options: RunOptions | None = None,
+) -> RunResult:
+    """Run ``workflow`` on a catalog scene and write every output; return what was written."""
+    options = options or RunOptions()
+    started = time.perf_counter()
+    times: dict[str, float] = {}
+    run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+    t0 = time.perf_counter()
+    model, scene, before, grid = plan(workflow, catalog, scene_id, before_id)
+    tiles = blocks(grid, workflow.tile_size)
+    times["plan_s"] = time.perf_counter() - t0
+    folder = Path(options.out).expanduser() / workflow.name / scene.id
+    colormap = {c.value: (*c.rgb, 255) for c in workflow.classes}
+
+    with Staging(folder) as staging:
+        work_classes = staging.scratch("classes.work.tif")
+        classes_out = BlockRaster(
+            work_classes, grid, NODATA, colormap=colormap, description="class"
+        )
+        conf_out = BlockRaster(
+            staging.scratch("confidence.work.tif"), grid, NODATA, description="confidence %"
+        )
+        try:
+            _classify(
+                model, workflow, scene, before, grid, tiles, options, classes_out, conf_out, times
+            )
+            t0 = time.perf_counter()
+            classes_out.to_cog(staging.path("classes.tif"), "NEAREST")
+            conf_out.to_cog(staging.path("confidence.tif"), "AVERAGE")
+            times["cog_s"] = time.perf_counter() - t0
+        finally:
+            classes_out.close()
+            conf_out.close()
+
+        t0 = time.perf_counter()
+        classes, _, _ = read_band(str(work_classes))
+        confidence, _, _ = read_band(str(conf_out.path))
+        keep = [c.value for c in workflow.classes if c.vectorize]
+        polys = vectorize(
+            classes,
+            confidence,
+            grid,
+            keep,
+            nodata=NODATA,
+            sieve_pixels=workflow.cleanup.sieve_pixels,
+            min_area_m2=workflow.cleanup.min_area_m2,
+        )
+        times["vectorize_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        names = np.array([c.name for c in workflow.classes], dtype=object)
+        n = len(polys)
+        acquired = scene.acquired.isoformat() if scene.acquired else None
+        write_polygons(
+            staging.path("polygons.gpkg"),
+            layer=workflow.name,
+            geometry=polys.geometry,
+            fields={
+                "instance_id": np.arange(1, n + 1, dtype=np.int64),
+                "class": polys.class_value.astype(np.int32),
+                "class_name": names[polys.class_value] if n else np.empty(0, dtype=object),
+                "area_m2": polys.area_m2,
+                "pixels": polys.pixels,
+                "confidence": polys.confidence,
+                "scene": np.full(n, scene.id, dtype=object),
+                "acquired": np.full(n, acquired, dtype=object),
+                "model": np.full(n, model.model_id, dtype=object),
+                "run_id": np.full(n, run_id, dtype=object),
+            },
+            crs_wkt=grid.crs_wkt,
+            description=f"{workflow.name} polygons of scene {scene.id} by {model.model_id}",
+        )
+        times["polygons_s"] = time.perf_counter() - t0
+
+        counts = np.bincount(classes.ravel(), minlength=256)
+        pixel_area = _pixel_area_m2(grid)
+        summary: dict[str, Any] = {
+            "run_id": run_id,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "workflow": workflow.model_dump(mode="json"),
+            "scene": _scene_info(scene),
+            "before": _scene_info(before),
+            "catalog": str(catalog.path),
+            "grid": {
+                "crs": grid.crs_wkt,
+                "transform": list(grid.transform),
+                "width": grid.width,
+                "height": grid.height,
+            },
+            "model": model.model_id,
+            "execution": {
+                "scheduler": options.scheduler or "local",
+                "workers": options.workers or len(os.sched_getaffinity(0)),
+                "tiles": len(tiles),
+            },
+            "counts": {
+                "pixels": grid.width * grid.height,
+                "nodata_pixels": int(counts[NODATA]),
+                "classes": {
+                    c.name: {
+                        "pixels": int(counts[c.value]),
+                        "area_m2_approx": float(counts[c.value] * pixel_area),
+                        "polygons": int((polys.class_value == c.value).sum()),
+                        "polygon_area_m2": float(polys.area_m2[polys.class_value == c.value].sum()),
+                    }
+                    for c in workflow.classes
+                },
+                "polygons": n,
+            },
+            "versions": _versions(),
+            "times": times,
+        }
+        times["total_s"] = time.perf_counter() - started
+        write_json(staging.path("run.json"), summary)
+        files = staging.commit()
+    return RunResult(folder=folder, files=files, summary=summary)
+
+
+def _pixel_area_m2(grid: Grid) -> float:
+    """Nominal pixel area: exact in a metric CRS, at the grid's centre if geographic."""
+    import pyproj
+
+    crs = pyproj.CRS.from_wkt(grid.crs_wkt)
+    rx, ry = grid.res
+    if crs.is_geographic:
+        _, bottom, _, top = grid.bounds
+        lat = np.radians((bottom + top) / 2)
+        return float(rx * 111_320 * np.cos(lat) * ry * 110_574)
+    unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    return float(rx * ry * unit * unit)
+
+
+def _classify(
+    model: SegmentationModel,
+    workflow: Workflow,
+    scene: Scene,
+    before: Scene | None,
+    grid: Grid,
+    tiles: list[Block],
+    options: RunOptions,
+    classes_out: BlockRaster,
+    conf_out: BlockRaster,
+    times: dict[str, float],
+) -> None:
+    """Classify every block on Dask and write each result as it arrives; record timings."""
+    t0 = time.perf_counter()
+    with dask_client(options.workers, options.scheduler) as client:
+        name = plugin_name(workflow.model)
+        client.register_plugin(ModelPlugin(workflow.model), name=name)
+        times["cluster_start_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        futures = [
+            client.submit(
+                _block_task,
+                name,
+                scene,
+                before,
+                grid,
+                b,
+                workflow.halo,
+                key=f"geoseg-block-{name}-{scene.id}-{b.key}-h{workflow.halo}-{uuid.uuid4().hex[:6]}",
+                pure=False,
+            )
+            for b in tiles
+        ]
+        bar = tqdm(
+            total=len(futures),
+            desc=f"{workflow.name} {scene.id}",
+            unit="block",
+            disable=not options.progress,
+            leave=False,
+        )
+        try:
+            for future in as_completed(futures):
+                block, classes, confidence = future.result()
+                classes_out.write(block, classes)
+                conf_out.write(block, confidence)
+                future.release()
+                bar.update()
+        finally:
+            bar.close()
+            client.cancel(futures)
+        times["tiles_s"] = time.perf_counter() - t0

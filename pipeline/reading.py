@@ -1,0 +1,190 @@
+"""Windowed reads of scene bands onto one common grid.
+
+This module and :mod:`pipeline.publish` are the only ones that open files. No function here
+reads more than the window it is asked for, so no stage ever holds a whole scene.
+
+Bands stored at different resolutions or origins are stacked onto one grid (by default the
+finest of the bands a model needs) by nearest-neighbour lookup of each target pixel's centre in
+the source grid. Doing the lookup ourselves, rather than through a warper, keeps the mapping
+exact and testable: on Sentinel-2 the 20 m grid starts half a 20 m pixel (10 m) west of the
+10 m grid, so each 10 m pixel must take the 20 m pixel that contains its centre.
+
+Invalid pixels (the band's nodata value, NaN, or outside a band's extent) are returned as a
+mask; the data there is 0 so that models see finite numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from pipeline.catalog import BandSource, Scene
+from pipeline.errors import SceneError
+from pipeline.grid import Grid
+
+
+@dataclass(frozen=True)
+class _BandInfo:
+    name: str
+    path: str
+    transform: Affine
+    crs: CRS
+    width: int
+    height: int
+
+
+def _open(path: str, scene_id: str) -> rasterio.io.DatasetReader:
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise SceneError(f"scene {scene_id!r}: cannot open {path}: {exc}") from None
+
+
+def _band_info(scene: Scene, band: BandSource) -> _BandInfo:
+    with _open(band.path, scene.id) as src:
+        if band.index > src.count:
+            raise SceneError(
+                f"scene {scene.id!r}: band {band.name!r} is listed as band {band.index} of "
+                f"{band.path}, which has {src.count}; list one name per band, in file order"
+            )
+        if src.crs is None:
+            raise SceneError(
+                f"scene {scene.id!r}: {band.path} has no CRS; georeference it (gdal_edit.py -a_srs)"
+            )
+        t = src.transform
+        if t.b != 0 or t.d != 0:
+            raise SceneError(
+                f"scene {scene.id!r}: {band.path} has a rotated grid; warp it to a north-up "
+                "grid first (gdalwarp)"
+            )
+        return _BandInfo(band.name, band.path, t, src.crs, src.width, src.height)
+
+
+def scene_grid(scene: Scene, bands: tuple[str, ...]) -> Grid:
+    """Return the grid the given bands are stacked onto: the finest band's grid.
+
+    Where several bands share the finest resolution, the grid is their common extent. Raises
+    :class:`SceneError` when the bands are in different CRSs or do not overlap.
+    """
+    infos = [_band_info(scene, scene.band(name)) for name in bands]
+    crs = infos[0].crs
+    for info in infos[1:]:
+        if info.crs != crs:
+            raise SceneError(
+                f"scene {scene.id!r}: band {info.name!r} is in {info.crs} but band "
+                f"{infos[0].name!r} is in {crs}; reproject the bands to one CRS"
+            )
+    finest = min(abs(i.transform.a) for i in infos)
+    ref = [i for i in infos if math.isclose(abs(i.transform.a), finest, rel_tol=1e-9)]
+    base = ref[0]
+    # Column/row range of base's grid covered by every band at the finest resolution.
+    c0, r0, c1, r1 = 0, 0, base.width, base.height
+    for info in ref[1:]:
+        left, top = info.transform @ (0, 0)
+        right, bottom = info.transform @ (info.width, info.height)
+        (ca, ra), (cb, rb) = ~base.transform @ (left, top), ~base.transform @ (right, bottom)
+        c0 = max(c0, math.ceil(min(ca, cb) - 1e-6))
+        c1 = min(c1, math.floor(max(ca, cb) + 1e-6))
+        r0 = max(r0, math.ceil(min(ra, rb) - 1e-6))
+        r1 = min(r1, math.floor(max(ra, rb) + 1e-6))
+    if c1 <= c0 or r1 <= r0:
+        raise SceneError(f"scene {scene.id!r}: bands {list(bands)} do not overlap")
+    t = base.transform @ Affine.translation(c0, r0)
+    return Grid(crs.to_wkt(), (t.a, t.b, t.c, t.d, t.e, t.f), c1 - c0, r1 - r0)
+
+
+def check_compatible(scene: Scene, bands: tuple[str, ...], grid: Grid) -> None:
+    """Raise :class:`SceneError` unless ``scene``'s bands share ``grid``'s CRS and overlap it."""
+    left, bottom, right, top = grid.bounds
+    crs = CRS.from_wkt(grid.crs_wkt)
+    for name in bands:
+        info = _band_info(scene, scene.band(name))
+        if info.crs != crs:
+            raise SceneError(
+                f"scene {scene.id!r}: band {name!r} is in {info.crs}, the run's grid in {crs}; "
+                "reproject the scene to the grid's CRS"
+            )
+        bl, bt = info.transform @ (0, 0)
+        br, bb = info.transform @ (info.width, info.height)
+        if (
+            min(bl, br) >= right
+            or max(bl, br) <= left
+            or min(bb, bt) >= top
+            or max(bb, bt) <= bottom
+        ):
+            raise SceneError(
+                f"scene {scene.id!r}: band {name!r} does not overlap the run's grid; "
+                "pick scenes of the same area"
+            )
+
+
+def read_window(
+    scene: Scene, bands: tuple[str, ...], grid: Grid, window: Window
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``bands`` of ``scene`` over ``window`` of ``grid``.
+
+    Returns ``(data, valid)``: float32 ``[len(bands), h, w]`` scaled to reflectance with the
+    scene's ``scale`` and ``offset`` (0 where invalid), and a boolean ``[h, w]`` that is True
+    where every band holds a real value.
+    """
+    h, w = int(window.height), int(window.width)
+    data = np.zeros((len(bands), h, w), dtype=np.float32)
+    valid = np.ones((h, w), dtype=bool)
+    t = grid.affine
+    xs = t.c + t.a * (window.col_off + np.arange(w) + 0.5)
+    ys = t.f + t.e * (window.row_off + np.arange(h) + 0.5)
+
+    by_path: dict[str, list[tuple[int, BandSource]]] = defaultdict(list)
+    for i, name in enumerate(bands):
+        src_band = scene.band(name)
+        by_path[src_band.path].append((i, src_band))
+
+    for path, members in by_path.items():
+        with _open(path, scene.id) as src:
+            st = src.transform
+            # Index of the source pixel containing each target pixel centre.
+            cols = np.floor((xs - st.c) / st.a + 1e-9).astype(np.int64)
+            rows = np.floor((ys - st.f) / st.e + 1e-9).astype(np.int64)
+            col_ok = (cols >= 0) & (cols < src.width)
+            row_ok = (rows >= 0) & (rows < src.height)
+            if not col_ok.any() or not row_ok.any():
+                valid[:] = False
+                continue
+            sc0, sc1 = int(cols[col_ok].min()), int(cols[col_ok].max()) + 1
+            sr0, sr1 = int(rows[row_ok].min()), int(rows[row_ok].max()) + 1
+            indexes = [b.index for _, b in members]
+            block = src.read(indexes, window=Window(sc0, sr0, sc1 - sc0, sr1 - sr0))
+            ci = np.clip(cols - sc0, 0, sc1 - sc0 - 1)
+            ri = np.clip(rows - sr0, 0, sr1 - sr0 - 1)
+            inside = row_ok[:, None] & col_ok[None, :]
+            valid &= inside
+            for k, (i, b) in enumerate(members):
+                values = block[k][np.ix_(ri, ci)]
+                nodata = scene.nodata if scene.nodata is not None else src.nodatavals[b.index - 1]
+                ok = (
+                    np.isfinite(values) if values.dtype.kind == "f" else np.ones(values.shape, bool)
+                )
+                if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+                    ok &= values != nodata
+                valid &= ok
+                data[i] = values.astype(np.float32) * np.float32(scene.scale) + np.float32(
+                    scene.offset
+                )
+    data[:, ~valid] = 0.0
+    return data, valid
+
+
+def read_band(path: str) -> tuple[np.ndarray, Grid, float | None]:
+    """Read band 1 of a (single-band output) raster whole, with its grid and nodata value."""
+    with rasterio.open(path) as src:
+        t = src.transform
+        grid = Grid(src.crs.to_wkt(), (t.a, t.b, t.c, t.d, t.e, t.f), src.width, src.height)
+        return src.read(1), grid, src.nodata

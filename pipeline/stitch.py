@@ -1,0 +1,38 @@
+"""Turning blocks into tiles and model output back into blocks.
+
+A tile is a block grown by the halo (see :func:`pipeline.grid.tile_window`). Where the grid
+ends, :func:`pad_tile` completes the tile by mirror reflection, so the model sees plausible
+context instead of zeros and scene edges are predicted like the interior. :func:`crop_block`
+keeps only the block's centre of a tile's prediction: each output pixel comes from exactly one
+tile, the one in whose centre it lies, which is where the model had the most context. Blocks do
+not overlap, so writing them one after another assembles the seamless raster without ever
+holding it whole.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from rasterio.windows import Window
+
+from pipeline.grid import Block, Padding
+
+
+def pad_tile(data: np.ndarray, valid: np.ndarray, pad: Padding) -> tuple[np.ndarray, np.ndarray]:
+    """Reflect-pad ``data`` ``[C, h, w]`` and ``valid`` ``[h, w]`` by ``pad``."""
+    if pad == Padding():
+        return data, valid
+    widths = ((pad.top, pad.bottom), (pad.left, pad.right))
+    # numpy's reflect needs at least 2 pixels along an axis; a 1-pixel axis can only repeat.
+    mode: Literal["reflect", "edge"] = "reflect" if min(valid.shape) > 1 else "edge"
+    data = np.pad(data, ((0, 0), *widths), mode=mode)
+    valid = np.pad(valid, widths, mode=mode)
+    return data, valid
+
+
+def crop_block(tile: np.ndarray, read: Window, pad: Padding, block: Block) -> np.ndarray:
+    """Cut ``block`` out of a padded tile prediction (``[..., H, W]``) read through ``read``."""
+    top = block.row_off - int(read.row_off) + pad.top
+    left = block.col_off - int(read.col_off) + pad.left
+    return tile[..., top : top + block.height, left : left + block.width]

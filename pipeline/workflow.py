@@ -1,0 +1,161 @@
+"""Workflow files (``workflows/<name>.yaml``) parsed once into validated, frozen objects.
+
+A workflow names the model, its classes and colours, the tiling and the clean-up of polygons.
+Unknown keys are errors, so a typo fails at load time with the file, field and fix named,
+never mid-run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+
+_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+#: Where workflow names are looked up, after ``$GEOSEG_WORKFLOWS`` and ``./workflows``.
+PROJECT_WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassDef(_Strict):
+    """One output class: its raster value, name, display colour and whether it becomes polygons."""
+
+    value: int = Field(ge=0, le=254, description="Value in classes.tif (255 is nodata).")
+    name: str = Field(min_length=1)
+    colour: str = Field(description="Display colour, #rrggbb.")
+    vectorize: bool = Field(default=True, description="Write polygons of this class.")
+
+    @field_validator("colour")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if not _COLOUR.match(v):
+            raise ValueError(f"colour {v!r} is not #rrggbb")
+        return v.lower()
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        """The colour as 0–255 integers."""
+        return int(self.colour[1:3], 16), int(self.colour[3:5], 16), int(self.colour[5:7], 16)
+
+
+class IndexModelConfig(_Strict):
+    """``kind: index``: a spectral-index model from :mod:`pipeline.models.indices`."""
+
+    kind: Literal["index"]
+    name: str
+    params: dict[str, float | list[float]] = Field(default_factory=dict)
+
+
+#: Every model kind a workflow may name (TorchGeo networks join in a later release).
+ModelConfig = IndexModelConfig
+
+
+class CleanupConfig(_Strict):
+    """How class rasters are cleaned before they become polygons."""
+
+    sieve_pixels: int = Field(
+        default=0, ge=0, description="Merge regions smaller than this into neighbours."
+    )
+    min_area_m2: float = Field(default=0.0, ge=0, description="Drop polygons smaller than this.")
+
+
+class Workflow(_Strict):
+    """A validated workflow."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    description: str = ""
+    model: ModelConfig
+    classes: tuple[ClassDef, ...]
+    tile_size: int = Field(
+        default=1024, ge=16, le=16384, description="Output block edge in pixels."
+    )
+    halo: int = Field(default=0, ge=0, description="Context pixels read around each block.")
+    cleanup: CleanupConfig = CleanupConfig()
+
+    @model_validator(mode="after")
+    def _classes_consistent(self) -> Workflow:
+        values = [c.value for c in self.classes]
+        if values != list(range(len(values))):
+            raise ValueError(f"class values must be 0, 1, 2, … in order; got {values}")
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"class names repeat: {names}")
+        if not any(c.vectorize for c in self.classes):
+            raise ValueError("no class has `vectorize: true`; polygons would be empty")
+        return self
+
+    def with_overrides(self, tile_size: int | None = None, halo: int | None = None) -> Workflow:
+        """Return a copy with command-line overrides applied and validated."""
+        data = self.model_dump()
+        if tile_size is not None:
+            data["tile_size"] = tile_size
+        if halo is not None:
+            data["halo"] = halo
+        try:
+            return Workflow.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"workflow {self.name!r}: {_describe(exc)}") from None
+
+
+def workflow_dirs() -> list[Path]:
+    """Folders searched for a workflow given by name, in order."""
+    dirs = [Path(p) for p in os.environ.get("GEOSEG_WORKFLOWS", "").split(os.pathsep) if p]
+    return [*dirs, Path.cwd() / "workflows", PROJECT_WORKFLOWS]
+
+
+def available_workflows() -> list[str]:
+    """Names of the workflows found in :func:`workflow_dirs`."""
+    names = {p.stem for d in workflow_dirs() if d.is_dir() for p in d.glob("*.yaml")}
+    return sorted(names)
+
+
+def find_workflow(name_or_path: str) -> Path:
+    """Locate a workflow by name (``forest``) or path (``my/flow.yaml``)."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.suffix in {".yaml", ".yml"} or os.sep in name_or_path:
+        if not candidate.is_file():
+            raise ConfigError(f"{candidate}: workflow file not found")
+        return candidate.resolve()
+    for d in workflow_dirs():
+        p = d / f"{name_or_path}.yaml"
+        if p.is_file():
+            return p.resolve()
+    known = ", ".join(available_workflows()) or "none"
+    raise ConfigError(
+        f"no workflow named {name_or_path!r} (known: {known}); "
+        "give a name or a path to a .yaml file"
+    )
+
+
+def load_workflow(name_or_path: str) -> Workflow:
+    """Find, parse and validate a workflow; raise :class:`ConfigError` with a one-line reason."""
+    path = find_workflow(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of workflow settings")
+    try:
+        return Workflow.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg: Any = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key; see README.md for the workflow fields"
+    return f"field {loc!r}: {msg}"

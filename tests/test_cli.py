@@ -1,0 +1,251 @@
+"""The real ``geoseg`` command, end to end, and every error path it shows a user."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+
+from pipeline.cli import main
+from tests.conftest import ROOT
+from tests.data import catalog_yaml
+
+GEOSEG = [sys.executable, "-m", "pipeline"]
+
+
+def geoseg(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*GEOSEG, *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def in_process(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> subprocess.CompletedProcess[str]:
+    """Run ``main`` in this process (fast) and report it like a finished subprocess."""
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["run", "--help"], ["catalog", "--help"], ["catalog", "list", "--help"]]
+)
+def test_help(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: geoseg" in out
+    if args[0] == "run":
+        for option in (
+            "--scene",
+            "--before",
+            "--catalog",
+            "--out",
+            "--tile-size",
+            "--halo",
+            "--workers",
+            "--scheduler",
+        ):
+            assert option in out
+
+
+def test_catalog_list_shows_every_scene(shared_data, capsys):
+    assert main(["catalog", "list", "--catalog", str(ROOT / "data_catalog.yaml")]) == 0
+    out = capsys.readouterr().out
+    for sid in ("s2-virginia", "hurst-pre", "hurst-post", "slovenia-2015-07-11", "pucallpa-2020"):
+        line = next(ln for ln in out.splitlines() if ln.startswith(sid + " "))
+        assert line.rstrip().endswith("ok")
+
+
+def test_catalog_list_marks_missing_files(tmp_path, capsys):
+    cat = catalog_yaml(tmp_path, {"gone": {"path": "nowhere.tif", "bands": ["red"]}})
+    assert main(["catalog", "list", "--catalog", str(cat)]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("gone "))
+    assert line.rstrip().endswith("missing")
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["run", "forest", "--scene", "nope"], ["no scene 'nope'", "s2-virginia"]),
+        (["run", "woods", "--scene", "s2-virginia"], ["no workflow named 'woods'", "forest"]),
+        (["run", "fire", "--scene", "hurst-post"], ["--before"]),
+        (["run", "forest", "--scene", "s2-virginia", "--before", "hurst-pre"], ["drop --before"]),
+        (["run", "fire", "--scene", "hurst-post", "--before", "s2-virginia"], ["s2-virginia"]),
+        (["run", "forest", "--scene", "s2-virginia", "--tile-size", "0"], ["--tile-size"]),
+        (["run", "forest", "--scene", "s2-virginia", "--tile-size", "8"], ["tile_size"]),
+        (["run", "forest", "--scene", "s2-virginia", "--halo", "-3"], ["--halo"]),
+        (["run", "forest"], ["--scene"]),
+        (
+            ["run", "forest", "--scene", "s2-virginia", "--catalog", "missing.yaml"],
+            ["missing.yaml"],
+        ),
+        (
+            [
+                "run",
+                "forest",
+                "--scene",
+                "s2-virginia",
+                "--workers",
+                "2",
+                "--scheduler",
+                "tcp://127.0.0.1:1",
+            ],
+            ["--scheduler"],
+        ),
+        (["frobnicate"], ["frobnicate"]),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(shared_data, args, needles, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    extra = ["--out", str(tmp_path)] if args[0] == "run" and len(args) > 2 else []
+    assert_user_error(in_process([*args, *extra], capsys), *needles)
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_user_error_through_the_real_command(tmp_path):
+    proc = geoseg("run", "forest", "--scene", "nope", "--out", str(tmp_path))
+    assert_user_error(proc, "no scene 'nope'")
+
+
+def test_bad_catalog_names_file_scene_and_field(tmp_path, capsys):
+    cat = catalog_yaml(
+        tmp_path, {"x": {"path": "a.tif", "bands": ["red"], "acquired": "2024-13-01"}}
+    )
+    line = assert_user_error(
+        in_process(
+            ["run", "forest", "--scene", "x", "--catalog", str(cat), "--out", str(tmp_path / "o")],
+            capsys,
+        )
+    )
+    assert str(cat) in line and "'x'" in line and "acquired" in line
+
+
+def test_unreachable_scheduler_is_a_user_error(tmp_path, shared_data, capsys):
+    proc = in_process(
+        [
+            "run",
+            "forest",
+            "--scene",
+            "s2-virginia",
+            "--scheduler",
+            "tcp://127.0.0.1:9",
+            "--out",
+            str(tmp_path),
+        ],
+        capsys,
+    )
+    assert_user_error(proc, "tcp://127.0.0.1:9")
+
+
+@pytest.mark.slow
+def test_forest_on_virginia_end_to_end(tmp_path):
+    """The main job: forest workflow on the embedded Sentinel-2 L1C scene of Virginia.
+
+    Expected forest area, 20–40 km²: the scene is 19.3 × 19.5 km (376 km²), of which about
+    57 % is open water (NDWI > 0: Atlantic, bays and marsh channels), leaving about 160 km² of
+    land, mostly cropland with woodlots and forested wetland. The Slovenia-validated rule
+    (NDVI ≥ 0.55, SWIR16 ≤ 0.15) marks about 31 km² of it at pixel level, 28.9 km² after the
+    workflow's sieve and minimum mapping unit: 18–20 % of the land. A wrong band order, a
+    missing scale, or a misregistered 20 m band moves the figure far outside the range (no
+    forest at all, or most green fields as forest).
+    """
+    proc = geoseg("run", "forest", "--scene", "s2-virginia", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "forest" / "s2-virginia"
+    assert str(folder) in proc.stdout
+    for name in ("classes.tif", "confidence.tif", "polygons.gpkg", "run.json"):
+        assert (folder / name).is_file()
+    assert not list(folder.glob(".*"))  # no temporary files left
+
+    with rasterio.open(folder / "classes.tif") as src:
+        assert src.crs.to_epsg() == 32618 and src.res == (10.0, 10.0)
+        assert (src.width, src.height) == (1933, 1947)
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        scene_box = shapely.box(*src.bounds)
+        classes = src.read(1)
+    # The 20 m bands stop 10 m short of the 10 m grid's last row: nodata there, nowhere else.
+    assert (classes[-1] == 255).all() and (classes[:-1] != 255).all()
+
+    info = pyogrio.read_info(folder / "polygons.gpkg", layer="forest")
+    assert info["crs"] == "EPSG:32618" and info["geometry_type"] == "Polygon"
+    _, _, wkb, fields = pyogrio.raw.read(folder / "polygons.gpkg", layer="forest")
+    polys = shapely.from_wkb(wkb)
+    assert shapely.within(polys, scene_box).all()
+    assert shapely.is_valid(polys).all()
+    names = list(info["fields"])
+    area = fields[names.index("area_m2")]
+    np.testing.assert_allclose(area, shapely.area(polys), rtol=1e-9)
+    assert 20e6 <= area.sum() <= 40e6
+    assert (area >= 1000).all()  # the workflow's minimum mapping unit
+    assert set(fields[names.index("class_name")]) == {"forest"}
+    assert set(fields[names.index("scene")]) == {"s2-virginia"}
+    conf = fields[names.index("confidence")]
+    assert ((conf > 50) & (conf <= 100)).all()
+
+    summary = json.loads((folder / "run.json").read_text())
+    assert len(set(fields[names.index("run_id")])) == 1
+    assert fields[names.index("run_id")][0] == summary["run_id"]
+    assert summary["counts"]["polygons"] == len(polys)
+
+
+@pytest.mark.slow
+def test_fire_on_hurst_matches_the_perimeter(shared_data, tmp_path):
+    """Burned (dNBR ≥ 0.1, low severity and above) against the CAL FIRE perimeter: IoU ≥ 0.6."""
+    proc = geoseg(
+        "run",
+        "fire",
+        "--scene",
+        "hurst-post",
+        "--before",
+        "hurst-pre",
+        "--out",
+        str(tmp_path),
+        "--tile-size",
+        "100",
+    )
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "fire" / "hurst-post"
+    with rasterio.open(folder / "classes.tif") as src:
+        classes = src.read(1)
+        assert src.crs.to_epsg() == 4326
+    with rasterio.open(shared_data / "fire" / "HURST_20250107" / "perimeter_mask.tif") as src:
+        perimeter = src.read(1) == 1
+    burned = (classes >= 3) & (classes != 255)
+    iou = (burned & perimeter).sum() / (burned | perimeter).sum()
+    assert iou >= 0.6, iou
+
+    # Geographic CRS: polygon areas are square metres from an equal-area projection.
+    info = pyogrio.read_info(folder / "polygons.gpkg", layer="fire")
+    assert info["crs"] == "EPSG:4326"
+    _, _, wkb, fields = pyogrio.raw.read(folder / "polygons.gpkg", layer="fire")
+    names = list(info["fields"])
+    from pyproj import Geod
+
+    geod = Geod(ellps="WGS84")
+    polys = shapely.from_wkb(wkb)
+    expected = np.array([abs(geod.geometry_area_perimeter(p)[0]) for p in polys])
+    np.testing.assert_allclose(fields[names.index("area_m2")], expected, rtol=5e-3)
+    assert set(fields[names.index("class")]) <= {3, 4, 5, 6}

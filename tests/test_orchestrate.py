@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+import torch
+
+from pipeline.catalog import Catalog, load_catalog
+from pipeline.errors import ConfigError, ModelError, SceneError
+from pipeline.grid import Block
+from pipeline.inference import NODATA, predict_tile
+from pipeline.models import build_model
+from pipeline.orchestrate import (
+    ModelPlugin,
+    RunOptions,
+    _block_task,
+    dask_client,
+    plan,
+    plugin_name,
+    process_block,
+    run,
+)
+from pipeline.reading import read_window
+from pipeline.workflow import Workflow, load_workflow
+from tests.data import catalog_yaml, forest_scene, write_raster
+
+
+@pytest.fixture(scope="module")
+def forest() -> Workflow:
+    return load_workflow("forest")
+
+
+def whole_scene_prediction(catalog: Catalog, workflow: Workflow, scene_id: str):
+    """One forward pass over the whole (small) scene, for comparison with tiled runs."""
+    model, scene, _, grid = plan(workflow, catalog, scene_id, None)
+    data, valid = read_window(scene, model.bands, grid, Block(0, 0, grid.height, grid.width).window)
+    return predict_tile(model, data, valid), grid
+
+
+def test_plan_finds_user_errors_before_any_cluster(synthetic_catalog, forest, tmp_path):
+    fire = load_workflow("fire")
+    with pytest.raises(ConfigError, match="--before"):
+        plan(fire, synthetic_catalog, "synth", None)
+    with pytest.raises(ConfigError, match="drop --before"):
+        plan(forest, synthetic_catalog, "synth", "synth")
+    with pytest.raises(ConfigError, match="no scene 'nope'"):
+        plan(forest, synthetic_catalog, "nope", None)
+    three = forest.model_copy(
+        update={
+            "classes": (
+                *forest.classes,
+                forest.classes[1].model_copy(update={"value": 2, "name": "x"}),
+            )
+        }
+    )
+    with pytest.raises(ModelError, match="lists 3 classes but model"):
+        plan(three, synthetic_catalog, "synth", None)
+
+
+def test_plan_rejects_a_before_scene_elsewhere(tmp_path):
+    here = forest_scene(tmp_path / "a")
+    far = tmp_path / "b"
+    far.mkdir()
+    from affine import Affine
+
+    moved = {}
+    for name in ("red", "nir", "swir16"):
+        with rasterio.open(here[name]) as src:
+            arr, t = src.read(), src.transform
+        moved[name] = write_raster(
+            far / f"{name}.tif", arr, Affine(t.a, 0, t.c + 50_000, 0, t.e, t.f), nodata=0
+        )
+    cat = load_catalog(
+        catalog_yaml(
+            tmp_path,
+            {
+                "a": {"assets": {k: str(v) for k, v in here.items()}, "scale": 1e-4},
+                "b": {"assets": {k: str(v) for k, v in moved.items()}, "scale": 1e-4},
+            },
+        )
+    )
+    with pytest.raises(SceneError, match="does not overlap"):
+        plan(load_workflow("mining"), cat, "a", "b")
+
+
+def test_process_block_matches_whole_scene_pass(synthetic_catalog, forest):
+    (classes, confidence), grid = whole_scene_prediction(synthetic_catalog, forest, "synth")
+    model, scene, _, grid = plan(forest, synthetic_catalog, "synth", None)
+    block = Block(10, 20, 30, 40)
+    got_c, got_f = process_block(model, scene, None, grid, block, halo=8)
+    np.testing.assert_array_equal(got_c, classes[10:40, 20:60])
+    np.testing.assert_array_equal(got_f, confidence[10:40, 20:60])
+
+
+def test_model_is_built_once_per_worker_and_tasks_carry_no_model(synthetic_catalog, forest):
+    model, scene, _, grid = plan(forest, synthetic_catalog, "synth", None)
+    name = plugin_name(forest.model)
+    with dask_client(workers=2, scheduler=None) as client:
+        client.register_plugin(ModelPlugin(forest.model), name=name)
+
+        def model_ids(dask_worker):
+            return id(dask_worker.plugins[name].model)
+
+        before = client.run(model_ids)
+        blocks = [Block(r, c, 16, 16) for r in range(0, 64, 16) for c in range(0, 64, 16)]
+        futures = [
+            client.submit(_block_task, name, scene, None, grid, b, 0, pure=False) for b in blocks
+        ]
+        results = client.gather(futures)
+        after = client.run(model_ids)
+    assert len(before) == 2 and before == after  # same model object before and after 16 tasks
+    assert [r[0] for r in results] == blocks
+    # What a task carries is small: value objects, not arrays or modules.
+    import pickle
+
+    size = len(pickle.dumps((name, scene, None, grid, blocks[0], 0)))
+    assert size < 4096
+    assert not any(isinstance(a, torch.nn.Module) for a in (name, scene, grid, blocks[0]))
+
+
+def test_run_writes_every_output_tile_size_independent(synthetic_catalog, forest, tmp_path):
+    (classes, confidence), grid = whole_scene_prediction(synthetic_catalog, forest, "synth")
+    outs = {}
+    for tile in (16, 1024):
+        wf = forest.with_overrides(tile_size=tile, halo=0)
+        res = run(
+            wf,
+            synthetic_catalog,
+            "synth",
+            options=RunOptions(out=tmp_path / f"t{tile}", workers=2, progress=False),
+        )
+        assert res.folder == tmp_path / f"t{tile}" / "forest" / "synth"
+        names = sorted(p.name for p in res.folder.iterdir())
+        assert names == ["classes.tif", "confidence.tif", "polygons.gpkg", "run.json"]
+        outs[tile] = res
+        with rasterio.open(res.folder / "classes.tif") as src:
+            assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+            assert src.nodata == NODATA and src.dtypes[0] == "uint8"
+            assert src.crs.to_epsg() == 32618
+            assert src.transform.c == 435730.0 and src.transform.a == 10.0
+            np.testing.assert_array_equal(src.read(1), classes)
+        with rasterio.open(res.folder / "confidence.tif") as src:
+            np.testing.assert_array_equal(src.read(1), confidence)
+
+    # The synthetic scene's top 4 rows are nodata: nodata stays nodata and never becomes a polygon.
+    assert (classes[:4] == NODATA).all() and (classes[4:] != NODATA).all()
+    folder = outs[16].folder
+    info = pyogrio.read_info(folder / "polygons.gpkg", layer="forest")
+    assert info["crs"] == "EPSG:32618"
+    for field in ("class", "area_m2", "confidence", "scene", "acquired", "model", "run_id"):
+        assert field in list(info["fields"])
+    _, _, geoms, _ = pyogrio.raw.read(folder / "polygons.gpkg", layer="forest")
+    polys = shapely.from_wkb(geoms)
+    top = grid.bounds[3]
+    nodata_strip = shapely.box(grid.bounds[0], top - 40, grid.bounds[2], top)
+    assert not shapely.intersects(polys, nodata_strip.buffer(-1)).any()
+    # Forest polygons cover exactly the forest pixels the model found (no sieve losses here
+    # beyond specks: compare areas within the sieve/min-area clean-up's reach).
+    forest_m2 = (classes == 1).sum() * 100.0
+    assert abs(shapely.area(polys).sum() - forest_m2) / forest_m2 < 0.05
+
+    summary = json.loads((folder / "run.json").read_text())
+    assert summary["scene"]["id"] == "synth" and summary["scene"]["acquired"] == "2024-06-01"
+    assert summary["workflow"]["tile_size"] == 16
+    assert summary["execution"]["tiles"] == 6 * 5  # ceil(96 / 16) * ceil(80 / 16)
+    assert summary["counts"]["classes"]["forest"]["pixels"] == (classes == 1).sum()
+    assert {"cluster_start_s", "tiles_s", "cog_s", "vectorize_s", "polygons_s", "total_s"} <= set(summary["times"])
+    assert {"torch", "torchgeo", "rasterio", "gdal", "dask"} <= set(summary["versions"])
+
+
+def test_failed_run_leaves_earlier_outputs_intact(synthetic_catalog, forest, tmp_path, monkeypatch):
+    opts = RunOptions(out=tmp_path, workers=1, progress=False)
+    good = run(forest, synthetic_catalog, "synth", options=opts)
+    before = {p.name: p.read_bytes() for p in good.folder.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("pipeline.orchestrate.vectorize", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run(forest, synthetic_catalog, "synth", options=opts)
+    after = {p.name: p.read_bytes() for p in good.folder.iterdir()}
+    assert after == before  # same files, same bytes, no partial or scratch files left
+
+
+def test_model_and_workers_config_builds(forest):
+    model = build_model(forest.model)
+    assert model.bands == ("red", "nir", "swir16") and not model.needs_before

@@ -207,13 +207,27 @@ class Catalog:
         return None
 
 
+class _NoDatesLoader(yaml.SafeLoader):
+    """A safe YAML loader that keeps dates as strings, so pydantic validates them.
+
+    PyYAML turns ``2024-13-01`` into a date itself and fails with a bare ValueError; left as a
+    string, the error names the scene and the field like every other catalog error.
+    """
+
+
+_NoDatesLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def load_catalog(path: str | Path) -> Catalog:
     """Parse and validate a catalog file; raise :class:`ConfigError` with a one-line reason."""
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise ConfigError(f"{path}: catalog file not found; pass --catalog PATH")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoDatesLoader)  # noqa: S506
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         reason = " ".join(str(exc).split())
         raise ConfigError(f"{path}: not valid YAML: {reason}") from None
@@ -251,7 +265,10 @@ def _resolve_path(value: str, base: Path, where: str) -> str:
         return value
     if value.startswith(_PKG):
         package, _, inner = value[len(_PKG) :].partition("/")
-        spec = importlib.util.find_spec(package) if package else None
+        try:
+            spec = importlib.util.find_spec(package) if package else None
+        except (ImportError, ValueError):  # a dotted name whose parent is not installed
+            spec = None
         if spec is None or not spec.submodule_search_locations:
             raise SceneError(
                 f"{where}: Python package {package!r} is not installed; "

@@ -252,7 +252,7 @@ def run(
             staging.scratch("confidence.work.tif"), grid, NODATA, description="confidence %"
         )
         try:
-            _classify(
+            n_workers = _classify(
                 model, workflow, scene, before, grid, tiles, options, classes_out, conf_out, times
             )
             t0 = time.perf_counter()
@@ -321,7 +321,7 @@ def run(
             "model": model.model_id,
             "execution": {
                 "scheduler": options.scheduler or "local",
-                "workers": options.workers or len(os.sched_getaffinity(0)),
+                "workers": n_workers,
                 "tiles": len(tiles),
             },
             "counts": {
@@ -372,13 +372,14 @@ def _classify(
     classes_out: BlockRaster,
     conf_out: BlockRaster,
     times: dict[str, float],
-) -> None:
-    """Classify every block on Dask and write each result as it arrives; record timings."""
+) -> int:
+    """Classify every block on Dask, writing each result as it arrives; return the worker count."""
     t0 = time.perf_counter()
     with dask_client(options.workers, options.scheduler) as client:
         name = plugin_name(workflow.model)
         client.register_plugin(ModelPlugin(workflow.model), name=name)
         times["cluster_start_s"] = time.perf_counter() - t0
+        n_workers = len(client.scheduler_info().get("workers", {}))
         t0 = time.perf_counter()
         futures = [
             client.submit(
@@ -412,3 +413,4 @@ def _classify(
             bar.close()
             client.cancel(futures)
         times["tiles_s"] = time.perf_counter() - t0
+    return n_workers

@@ -52,6 +52,8 @@ class Staging:
 
     def commit(self) -> list[Path]:
         """Rename every staged output to its final name; delete scratch files."""
+        missing = [t for t, f in self._pending.items() if t != f and not t.exists()]
+        assert not missing, f"staged outputs never written: {missing}"
         done = []
         for temp, final in self._pending.items():
             if temp == final:

@@ -161,6 +161,11 @@ def read_window(
             sc0, sc1 = int(cols[col_ok].min()), int(cols[col_ok].max()) + 1
             sr0, sr1 = int(rows[row_ok].min()), int(rows[row_ok].max()) + 1
             indexes = [b.index for _, b in members]
+            if max(indexes) > src.count:
+                raise SceneError(
+                    f"scene {scene.id!r}: {path} has {src.count} bands but band "
+                    f"{max(indexes)} is listed; list one name per band, in file order"
+                )
             block = src.read(indexes, window=Window(sc0, sr0, sc1 - sc0, sr1 - sr0))
             ci = np.clip(cols - sc0, 0, sc1 - sc0 - 1)
             ri = np.clip(rows - sr0, 0, sr1 - sr0 - 1)

@@ -23,11 +23,15 @@ def pad_tile(data: np.ndarray, valid: np.ndarray, pad: Padding) -> tuple[np.ndar
     """Reflect-pad ``data`` ``[C, h, w]`` and ``valid`` ``[h, w]`` by ``pad``."""
     if pad == Padding():
         return data, valid
-    widths = ((pad.top, pad.bottom), (pad.left, pad.right))
-    # numpy's reflect needs at least 2 pixels along an axis; a 1-pixel axis can only repeat.
-    mode: Literal["reflect", "edge"] = "reflect" if min(valid.shape) > 1 else "edge"
-    data = np.pad(data, ((0, 0), *widths), mode=mode)
-    valid = np.pad(valid, widths, mode=mode)
+    for axis, before, after in ((0, pad.top, pad.bottom), (1, pad.left, pad.right)):
+        if before == 0 and after == 0:
+            continue
+        # Reflection needs at least 2 pixels along an axis; a 1-pixel axis can only repeat.
+        mode: Literal["reflect", "edge"] = "reflect" if valid.shape[axis] > 1 else "edge"
+        widths = [(0, 0), (0, 0)]
+        widths[axis] = (before, after)
+        data = np.pad(data, [(0, 0), *widths], mode=mode)
+        valid = np.pad(valid, widths, mode=mode)
     return data, valid
 
 

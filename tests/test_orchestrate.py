@@ -168,7 +168,9 @@ def test_run_writes_every_output_tile_size_independent(synthetic_catalog, forest
     assert summary["workflow"]["tile_size"] == 16
     assert summary["execution"]["tiles"] == 6 * 5  # ceil(96 / 16) * ceil(80 / 16)
     assert summary["counts"]["classes"]["forest"]["pixels"] == (classes == 1).sum()
-    assert {"cluster_start_s", "tiles_s", "cog_s", "vectorize_s", "polygons_s", "total_s"} <= set(summary["times"])
+    assert {"cluster_start_s", "tiles_s", "cog_s", "vectorize_s", "polygons_s", "total_s"} <= set(
+        summary["times"]
+    )
     assert {"torch", "torchgeo", "rasterio", "gdal", "dask"} <= set(summary["versions"])
 
 
@@ -190,3 +192,24 @@ def test_failed_run_leaves_earlier_outputs_intact(synthetic_catalog, forest, tmp
 def test_model_and_workers_config_builds(forest):
     model = build_model(forest.model)
     assert model.bands == ("red", "nir", "swir16") and not model.needs_before
+
+
+def test_run_on_an_existing_scheduler(synthetic_catalog, forest, tmp_path):
+    from distributed import LocalCluster
+
+    (classes, _), _ = whole_scene_prediction(synthetic_catalog, forest, "synth")
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None
+    ) as cluster:
+        res = run(
+            forest.with_overrides(tile_size=32),
+            synthetic_catalog,
+            "synth",
+            options=RunOptions(out=tmp_path, scheduler=cluster.scheduler_address, progress=False),
+        )
+        # The run registered its model plugin on the cluster's worker and left the cluster up.
+        assert cluster.scheduler_address
+    with rasterio.open(res.folder / "classes.tif") as src:
+        np.testing.assert_array_equal(src.read(1), classes)
+    assert res.summary["execution"]["scheduler"] == cluster.scheduler_address
+    assert res.summary["execution"]["workers"] == 1

@@ -58,8 +58,10 @@ class ForestIndexModel(SegmentationModel):
         self.check_input(x)
         ndvi = _last(self.ndvi(x))
         swir = x[:, 2:3]
-        p = _ramp(ndvi, self.ndvi_min, self.softness) * _ramp(
-            -swir, -self.swir16_max, self.softness
+        # The minimum, not the product: p > 0.5 exactly where both thresholds are met.
+        p = torch.minimum(
+            _ramp(ndvi, self.ndvi_min, self.softness),
+            _ramp(-swir, -self.swir16_max, self.softness),
         )
         return torch.cat([_log(1 - p), _log(p)], dim=1)
 
@@ -69,9 +71,10 @@ class FireSeverityModel(SegmentationModel):
 
     The USGS FIREMON classes, from ``boundaries`` (dNBR, ascending): 0 enhanced regrowth (high),
     1 enhanced regrowth (low), 2 unburned, 3 low severity, 4 moderate-low severity,
-    5 moderate-high severity, 6 high severity. Scores are those of an ordinal model: the
-    probability of exceeding each boundary is a logistic ramp, and a class's probability is the
-    difference of its two neighbouring ramps.
+    5 moderate-high severity, 6 high severity. A class's score is minus the distance from the
+    pixel's dNBR to the class's dNBR interval, in units of ``softness``: 0 inside the interval,
+    so the arg-max is exactly the Key and Benson class however narrow an interval is, and the
+    confidence falls towards 50 % as dNBR nears a boundary.
     """
 
     bands = ("nir", "swir22")
@@ -102,14 +105,16 @@ class FireSeverityModel(SegmentationModel):
         return before - after
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return [N, 7, H, W] log-probabilities of the severity classes."""
+        """Return [N, 7, H, W] scores of the severity classes."""
         d = self.dnbr(x)
-        exceed = [_ramp(d, b, self.softness) for b in self.boundaries]
-        ones, zeros = torch.ones_like(d), torch.zeros_like(d)
-        upper = [ones, *exceed]
-        lower = [*exceed, zeros]
-        probs = [u - low for u, low in zip(upper, lower, strict=True)]
-        return torch.cat([_log(p) for p in probs], dim=1)
+        inf = float("inf")
+        lows = [-inf, *self.boundaries]
+        highs = [*self.boundaries, inf]
+        scores = [
+            -(torch.relu(low - d) + torch.relu(d - high)) / self.softness
+            for low, high in zip(lows, highs, strict=True)
+        ]
+        return torch.cat(scores, dim=1)
 
 
 class MiningBareGroundModel(SegmentationModel):
@@ -143,10 +148,13 @@ class MiningBareGroundModel(SegmentationModel):
         """Return [N, 2, H, W] log-probabilities of (other, new bare ground)."""
         self.check_input(x)
         s = self.softness
-        p = (
-            _ramp(_last(self.ndvi_before(x)), self.ndvi_before_min, s)
-            * _ramp(-_last(self.ndvi_after(x)), -self.ndvi_after_max, s)
-            * _ramp(_last(self.ndbi_after(x)), self.ndbi_after_min, s)
+        # The minimum, not the product: p > 0.5 exactly where all three conditions hold.
+        p = torch.minimum(
+            torch.minimum(
+                _ramp(_last(self.ndvi_before(x)), self.ndvi_before_min, s),
+                _ramp(-_last(self.ndvi_after(x)), -self.ndvi_after_max, s),
+            ),
+            _ramp(_last(self.ndbi_after(x)), self.ndbi_after_min, s),
         )
         return torch.cat([_log(1 - p), _log(p)], dim=1)
 

@@ -1,0 +1,284 @@
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+from rasterio.crs import CRS
+
+from pipeline.grid import Block, Grid, blocks
+from pipeline.publish import BlockRaster, Staging, write_json, write_polygons
+from tests.data import ORIGIN, UTM18
+
+NODATA = 255
+COLORMAP = {0: (217, 217, 217, 255), 1: (27, 120, 55, 255), 2: (164, 31, 214, 255)}
+
+
+def _grid(height: int, width: int, crs: str = UTM18) -> Grid:
+    x0, y0 = ORIGIN
+    return Grid(CRS.from_string(crs).to_wkt(), (10.0, 0.0, x0, 0.0, -10.0, y0), width, height)
+
+
+def _listing(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+# --- Staging --------------------------------------------------------------------------------
+
+
+def test_staging_names_are_hidden_and_temporary(tmp_path: Path) -> None:
+    folder = tmp_path / "out" / "forest" / "scene"
+    with Staging(folder) as staging:
+        assert folder.is_dir()
+        temps = {
+            name: staging.path(name)
+            for name in ("classes.tif", "polygons.gpkg", "run.json", "README")
+        }
+        scratch = staging.scratch("classes.work.tif")
+        for name, temp in temps.items():
+            assert temp.parent == folder
+            assert temp.name.startswith(".")
+            assert temp.name != name and temp != folder / name
+        assert temps["classes.tif"].suffix == ".tif"
+        assert temps["polygons.gpkg"].suffix == ".gpkg"
+        assert scratch.parent == folder and scratch.name.startswith(".")
+        assert len({*temps.values(), scratch}) == 5
+    assert _listing(folder) == set()
+
+
+def test_staging_commit_renames_all_and_deletes_scratch(tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    contents = {"classes.tif": b"classes", "run.json": b"{}", "polygons.gpkg": b"gpkg"}
+    with Staging(folder) as staging:
+        for name, data in contents.items():
+            staging.path(name).write_bytes(data)
+        staging.scratch("work.tif").write_bytes(b"scratch")
+        # Nothing is visible under its final name before the commit.
+        assert not any((folder / name).exists() for name in contents)
+        done = staging.commit()
+    assert sorted(done) == sorted(folder / name for name in contents)
+    assert _listing(folder) == set(contents)
+    for name, data in contents.items():
+        assert (folder / name).read_bytes() == data
+
+
+def test_staging_commit_replaces_existing_outputs(tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "run.json").write_text("old")
+    with Staging(folder) as staging:
+        staging.path("run.json").write_text("new")
+        staging.commit()
+    assert (folder / "run.json").read_text() == "new"
+    assert _listing(folder) == {"run.json"}
+
+
+def test_staging_failure_leaves_previous_outputs_intact(tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    old = bytes(range(256)) * 4
+    (folder / "classes.tif").write_bytes(old)
+    (folder / "unrelated.txt").write_text("keep me")
+    with pytest.raises(RuntimeError, match="model failed"), Staging(folder) as staging:
+        staging.path("classes.tif").write_bytes(b"half-written")
+        staging.path("run.json").write_text("{}")
+        staging.scratch("work.tif").write_bytes(b"scratch")
+        staging.path("polygons.gpkg")  # registered but never written
+        raise RuntimeError("model failed")
+    assert _listing(folder) == {"classes.tif", "unrelated.txt"}
+    assert (folder / "classes.tif").read_bytes() == old
+    assert (folder / "unrelated.txt").read_text() == "keep me"
+
+
+def test_staging_without_commit_publishes_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    with Staging(folder) as staging:
+        staging.path("classes.tif").write_bytes(b"x")
+        staging.scratch("work.tif").write_bytes(b"y")
+    assert _listing(folder) == set()
+
+
+def test_staging_removes_temporary_folders(tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    with pytest.raises(ValueError), Staging(folder) as staging:
+        temp = staging.path("tiles")
+        temp.mkdir()
+        (temp / "a.txt").write_text("a")
+        raise ValueError("boom")
+    assert _listing(folder) == set()
+
+
+# --- BlockRaster ----------------------------------------------------------------------------
+
+
+def _expected_blocks(grid: Grid, size: int) -> tuple[list[Block], np.ndarray]:
+    expected = np.zeros((grid.height, grid.width), np.uint8)
+    tiles = blocks(grid, size)
+    for i, b in enumerate(tiles):
+        expected[b.row_off : b.row_off + b.height, b.col_off : b.col_off + b.width] = i % 3
+    expected[5, 7] = NODATA
+    return tiles, expected
+
+
+def test_block_raster_writes_blocks_to_their_windows(tmp_path: Path) -> None:
+    grid = _grid(45, 70)
+    tiles, expected = _expected_blocks(grid, 16)
+    raster = BlockRaster(tmp_path / "work.tif", grid, NODATA, COLORMAP, description="class")
+    for b in reversed(tiles):  # order must not matter
+        rows = slice(b.row_off, b.row_off + b.height)
+        cols = slice(b.col_off, b.col_off + b.width)
+        raster.write(b, expected[rows, cols])
+    raster.close()
+    with rasterio.open(tmp_path / "work.tif") as src:
+        np.testing.assert_array_equal(src.read(1), expected)
+        assert src.nodata == NODATA
+        assert src.dtypes == ("uint8",)
+        assert src.crs == CRS.from_string(UTM18)
+        assert src.transform == grid.affine
+        assert src.descriptions == ("class",)
+
+
+@pytest.mark.parametrize(("height", "width"), [(45, 70), (1100, 1200)])
+def test_to_cog(tmp_path: Path, height: int, width: int) -> None:
+    grid = _grid(height, width)
+    tiles, expected = _expected_blocks(grid, 256)
+    raster = BlockRaster(tmp_path / "work.tif", grid, NODATA, COLORMAP, description="class")
+    for b in tiles:
+        rows = slice(b.row_off, b.row_off + b.height)
+        cols = slice(b.col_off, b.col_off + b.width)
+        raster.write(b, expected[rows, cols])
+    raster.to_cog(tmp_path / "classes.tif", "NEAREST")
+    with rasterio.open(tmp_path / "classes.tif") as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert src.nodata == NODATA
+        assert src.crs == CRS.from_string(UTM18)
+        assert src.transform == grid.affine
+        assert (src.width, src.height) == (width, height)
+        cmap = src.colormap(1)
+        for value, rgba in COLORMAP.items():
+            assert cmap[value] == rgba
+        np.testing.assert_array_equal(src.read(1), expected)
+        if max(height, width) > 512:
+            overviews = src.overviews(1)
+            assert overviews and overviews[0] == 2
+            assert src.block_shapes[0] == (512, 512)
+
+
+def test_to_cog_without_colormap(tmp_path: Path) -> None:
+    grid = _grid(20, 30)
+    raster = BlockRaster(tmp_path / "work.tif", grid, NODATA, description="confidence %")
+    values = np.arange(600, dtype=np.uint8).reshape(20, 30) % 101
+    raster.write(Block(0, 0, 20, 30), values)
+    raster.to_cog(tmp_path / "confidence.tif", "AVERAGE")
+    with rasterio.open(tmp_path / "confidence.tif") as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert src.nodata == NODATA
+        np.testing.assert_array_equal(src.read(1), values)
+        with pytest.raises(ValueError):
+            src.colormap(1)
+
+
+# --- write_polygons -------------------------------------------------------------------------
+
+
+def _fields(n: int) -> dict[str, np.ndarray]:
+    names = np.array(["other", "forest"], dtype=object)
+    cls = (np.arange(n) % 2).astype(np.int32)
+    return {
+        "instance_id": np.arange(1, n + 1, dtype=np.int64),
+        "class": cls,
+        "class_name": names[cls] if n else np.empty(0, dtype=object),
+        "area_m2": np.arange(n, dtype=np.float64) * 100.5,
+        "scene": np.full(n, "synth", dtype=object),
+    }
+
+
+def test_write_polygons(tmp_path: Path) -> None:
+    x0, y0 = ORIGIN
+    geometry = np.array(
+        [shapely.box(x0 + 10 * i, y0 - 30, x0 + 10 * i + 10, y0 - 10 * (i % 2)) for i in range(5)],
+        dtype=object,
+    )
+    geometry[2] = shapely.Polygon(
+        [(x0, y0), (x0 + 50, y0), (x0 + 50, y0 - 50), (x0, y0 - 50)],
+        [[(x0 + 10, y0 - 10), (x0 + 20, y0 - 10), (x0 + 20, y0 - 20), (x0 + 10, y0 - 20)]],
+    )
+    fields = _fields(5)
+    path = tmp_path / "polygons.gpkg"
+    write_polygons(path, "forest", geometry, fields, CRS.from_string(UTM18).to_wkt(), "demo")
+
+    info = pyogrio.read_info(path, layer="forest")
+    assert info["crs"] == "EPSG:32618"
+    assert info["features"] == 5
+    assert info["geometry_type"] == "Polygon"
+    assert list(info["fields"]) == list(fields)
+    assert info["layer_metadata"] == {"DESCRIPTION": "demo"}
+    meta, _, wkb, values = pyogrio.raw.read(path, layer="forest")
+    assert list(meta["fields"]) == list(fields)
+    back = shapely.from_wkb(wkb)
+    assert shapely.equals_exact(back, geometry, tolerance=0).all()
+    for (name, expected), got in zip(fields.items(), values, strict=True):
+        np.testing.assert_array_equal(got, expected, err_msg=name)
+    with sqlite3.connect(path) as db:
+        tables = {r[0] for r in db.execute("select name from sqlite_master")}
+    assert "rtree_forest_geom" in tables
+
+
+def test_write_polygons_empty(tmp_path: Path) -> None:
+    path = tmp_path / "polygons.gpkg"
+    fields = _fields(0)
+    crs = CRS.from_epsg(4326).to_wkt()
+    write_polygons(path, "fire", np.empty(0, dtype=object), fields, crs)
+    info = pyogrio.read_info(path, layer="fire")
+    assert info["features"] == 0
+    assert info["crs"] == "EPSG:4326"
+    assert info["geometry_type"] == "Polygon"
+    assert list(info["fields"]) == list(fields)
+    _, _, wkb, values = pyogrio.raw.read(path, layer="fire")
+    assert len(wkb) == 0
+    assert all(len(v) == 0 for v in values)
+
+
+def test_write_polygons_through_staging(tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    geometry = np.array([shapely.box(0, 0, 10, 10)], dtype=object)
+    with Staging(folder) as staging:
+        write_polygons(
+            staging.path("polygons.gpkg"), "mining", geometry, _fields(1), _grid(2, 2).crs_wkt
+        )
+        staging.commit()
+    assert _listing(folder) == {"polygons.gpkg"}
+    assert pyogrio.read_info(folder / "polygons.gpkg", layer="mining")["features"] == 1
+
+
+# --- write_json -----------------------------------------------------------------------------
+
+
+def test_write_json_round_trip(tmp_path: Path) -> None:
+    data = {
+        "run_id": "20240601T000000Z-abcdef12",
+        "counts": {"forest": 12, "other": 3},
+        "classes": [{"value": 0, "name": "other"}, {"value": 1, "name": "forest"}],
+        "area_m2": 1234.5,
+        "ok": True,
+        "missing": None,
+        "name": "forêt",
+    }
+    path = tmp_path / "run.json"
+    write_json(path, data)
+    text = path.read_text(encoding="utf-8")
+    assert text.endswith("}\n")
+    assert json.loads(text) == data
+    assert "\n  " in text  # indented
+
+
+def test_write_json_stringifies_other_values(tmp_path: Path) -> None:
+    path = tmp_path / "run.json"
+    write_json(path, {"acquired": dt.date(2024, 6, 1), "out": Path("/tmp/x")})
+    assert json.loads(path.read_text()) == {"acquired": "2024-06-01", "out": "/tmp/x"}

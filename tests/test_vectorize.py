@@ -1,0 +1,344 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shapely
+from pyproj import Geod
+from rasterio.crs import CRS
+from scipy import ndimage
+
+from pipeline.grid import Grid
+from pipeline.vectorize import Polygons, clean_classes, label_regions, vectorize
+from tests.data import ORIGIN, UTM18
+
+NODATA = 255
+PIXEL_AREA = 100.0  # 10 m x 10 m
+#: About 20 m of latitude; the fire scenes' pixel size in EPSG:4326.
+DEG = 0.00017966
+
+
+def _utm_grid(height: int, width: int) -> Grid:
+    x0, y0 = ORIGIN
+    return Grid(CRS.from_string(UTM18).to_wkt(), (10.0, 0.0, x0, 0.0, -10.0, y0), width, height)
+
+
+def _geo_grid(height: int, width: int) -> Grid:
+    return Grid(CRS.from_epsg(4326).to_wkt(), (DEG, 0.0, -118.45, 0.0, -DEG, 34.3), width, height)
+
+
+def _centres(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    a, _, c, _, e, f = grid.transform
+    cols, rows = np.meshgrid(np.arange(grid.width), np.arange(grid.height))
+    return c + (cols + 0.5) * a, f + (rows + 0.5) * e
+
+
+def _members(poly: shapely.Polygon, grid: Grid) -> np.ndarray:
+    """Boolean [H, W]: pixels whose centre lies inside ``poly``."""
+    x, y = _centres(grid)
+    return shapely.contains_xy(poly, x, y)
+
+
+def _conf(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(50, 101, size=shape).astype(np.uint8)
+
+
+def _blobs(height: int, width: int, seed: int, k: int = 3) -> np.ndarray:
+    """Blobby random classes 0..k-1 (smoothed noise), with a few nodata patches."""
+    rng = np.random.default_rng(seed)
+    noise = ndimage.gaussian_filter(rng.normal(size=(height, width)), 1.5)
+    edges = np.quantile(noise, np.linspace(0, 1, k + 1)[1:-1])
+    classes = np.digitize(noise, edges).astype(np.uint8)
+    classes[rng.random((height, width)) < 0.03] = NODATA
+    classes[: height // 5, : width // 4] = NODATA
+    return classes
+
+
+def _check_consistent(polys: Polygons) -> None:
+    n = len(polys)
+    for arr in (polys.class_value, polys.pixels, polys.confidence, polys.area_m2):
+        assert len(arr) == n
+    assert polys.class_value.dtype == np.uint8
+    assert polys.pixels.dtype == np.int64
+
+
+def test_ring_with_hole() -> None:
+    grid = _utm_grid(12, 12)
+    classes = np.zeros((12, 12), np.uint8)
+    classes[2:10, 2:10] = 1
+    classes[4:8, 4:8] = 0
+    ring_pixels = 8 * 8 - 4 * 4
+    polys = vectorize(classes, _conf(classes.shape), grid, keep=[1])
+    _check_consistent(polys)
+    assert len(polys) == 1
+    poly = polys.geometry[0]
+    assert isinstance(poly, shapely.Polygon)
+    assert len(poly.interiors) == 1
+    assert shapely.is_valid(poly)
+    assert poly.area == pytest.approx(ring_pixels * PIXEL_AREA)
+    assert shapely.Polygon(poly.interiors[0]).area == pytest.approx(16 * PIXEL_AREA)
+    assert polys.area_m2[0] == pytest.approx(ring_pixels * PIXEL_AREA)
+    assert polys.pixels[0] == ring_pixels
+    assert polys.class_value[0] == 1
+    # Georeferenced on the pixel edges.
+    x0, y0 = ORIGIN
+    assert poly.bounds == pytest.approx((x0 + 20, y0 - 100, x0 + 100, y0 - 20))
+    np.testing.assert_array_equal(_members(poly, grid), classes == 1)
+
+
+def test_ring_with_island_in_hole() -> None:
+    grid = _utm_grid(12, 12)
+    classes = np.zeros((12, 12), np.uint8)
+    classes[2:10, 2:10] = 1
+    classes[4:8, 4:8] = 0
+    classes[5:7, 5:7] = 1
+    polys = vectorize(classes, _conf(classes.shape), grid, keep=[1])
+    assert len(polys) == 2
+    assert sorted(polys.pixels.tolist()) == [4, 48]
+    assert sorted(len(p.interiors) for p in polys.geometry) == [0, 1]
+
+
+def test_diagonal_neighbours_are_separate_polygons() -> None:
+    grid = _utm_grid(6, 6)
+    classes = np.zeros((6, 6), np.uint8)
+    classes[1:3, 1:3] = 1
+    classes[3:5, 3:5] = 1  # touches the first block only at a corner
+    polys = vectorize(classes, _conf(classes.shape), grid, keep=[1])
+    assert len(polys) == 2
+    np.testing.assert_allclose(polys.area_m2, [4 * PIXEL_AREA] * 2)
+    assert all(shapely.is_valid(polys.geometry))
+
+
+def test_edge_neighbours_are_one_polygon() -> None:
+    grid = _utm_grid(6, 6)
+    classes = np.zeros((6, 6), np.uint8)
+    classes[1:3, 1:3] = 1
+    classes[3:5, 2:4] = 1  # shares an edge with the first block
+    polys = vectorize(classes, _conf(classes.shape), grid, keep=[1])
+    assert len(polys) == 1
+    assert polys.pixels[0] == 8
+
+
+@pytest.mark.parametrize("sieve", [0, 4])
+def test_nodata_never_becomes_a_polygon(sieve: int) -> None:
+    grid = _utm_grid(10, 10)
+    classes = np.zeros((10, 10), np.uint8)
+    classes[2:8, 2:8] = 1
+    classes[4, 4] = NODATA  # one nodata pixel inside the kept region
+    classes[:, 8:] = NODATA  # a nodata strip beside it
+    classes[0, 0] = NODATA
+    polys = vectorize(classes, _conf(classes.shape), grid, keep=[1], sieve_pixels=sieve)
+    covered = np.zeros(classes.shape, bool)
+    for poly in polys.geometry:
+        covered |= _members(poly, grid)
+    assert not covered[classes == NODATA].any()
+    np.testing.assert_array_equal(covered, classes == 1)
+    assert len(polys) == 1
+    assert len(polys.geometry[0].interiors) == 1
+    assert polys.area_m2.sum() == pytest.approx((classes == 1).sum() * PIXEL_AREA)
+
+
+def test_nodata_in_keep_is_never_vectorized_as_data() -> None:
+    grid = _utm_grid(5, 5)
+    classes = np.full((5, 5), NODATA, np.uint8)
+    polys = vectorize(classes, _conf(classes.shape), grid, keep=[0, 1])
+    assert len(polys) == 0
+
+
+def test_only_kept_classes() -> None:
+    grid = _utm_grid(30, 40)
+    classes = _blobs(30, 40, seed=1, k=4)
+    keep = [1, 3]
+    polys = vectorize(classes, _conf(classes.shape), grid, keep=keep)
+    _check_consistent(polys)
+    assert set(polys.class_value.tolist()) == set(keep)
+    covered = np.zeros(classes.shape, bool)
+    for poly, value in zip(polys.geometry, polys.class_value, strict=True):
+        inside = _members(poly, grid)
+        assert (classes[inside] == value).all()
+        covered |= inside
+    np.testing.assert_array_equal(covered, np.isin(classes, keep))
+
+
+def test_polygon_confidence_is_mean_of_its_pixels() -> None:
+    grid = _utm_grid(24, 20)
+    classes = _blobs(24, 20, seed=2)
+    confidence = _conf(classes.shape, seed=5)
+    confidence[classes == NODATA] = NODATA
+    polys = vectorize(classes, confidence, grid, keep=[0, 2])
+    assert len(polys) > 3
+    for i, poly in enumerate(polys.geometry):
+        inside = _members(poly, grid)
+        assert polys.pixels[i] == inside.sum()
+        assert polys.confidence[i] == pytest.approx(confidence[inside].astype(float).mean())
+        assert 0 <= polys.confidence[i] <= 100
+
+
+def test_sieve_removes_small_specks() -> None:
+    grid = _utm_grid(12, 12)
+    classes = np.zeros((12, 12), np.uint8)
+    classes[1, 1:3] = 1  # 2 pixels
+    classes[5, 5:8] = 1  # 3 pixels
+    classes[9:11, 9:11] = 2  # 4 pixels of another class
+    cleaned = clean_classes(classes, 3, NODATA)
+    expected = classes.copy()
+    expected[1, 1:3] = 0
+    np.testing.assert_array_equal(cleaned, expected)
+    polys = vectorize(classes, _conf(classes.shape), grid, keep=[1, 2], sieve_pixels=3)
+    assert sorted(polys.pixels.tolist()) == [3, 4]
+    polys = vectorize(classes, _conf(classes.shape), grid, keep=[1, 2], sieve_pixels=4)
+    assert polys.pixels.tolist() == [4]
+    assert polys.class_value.tolist() == [2]
+
+
+def test_sieve_merges_speck_into_surrounding_class() -> None:
+    grid = _utm_grid(10, 10)
+    classes = np.ones((10, 10), np.uint8)
+    classes[0, :] = 0
+    classes[4:6, 4] = 2  # a 2-pixel speck of class 2 inside class 1
+    polys = vectorize(classes, _conf(classes.shape), grid, keep=[1, 2], sieve_pixels=4)
+    assert len(polys) == 1
+    assert polys.class_value[0] == 1
+    assert polys.pixels[0] == 90
+    assert len(polys.geometry[0].interiors) == 0
+
+
+def test_speck_surrounded_by_nodata_is_kept() -> None:
+    grid = _utm_grid(8, 8)
+    classes = np.zeros((8, 8), np.uint8)
+    classes[3:8, 3:8] = NODATA
+    classes[5, 5] = 1  # alone in a sea of nodata
+    cleaned = clean_classes(classes, 4, NODATA)
+    np.testing.assert_array_equal(cleaned, classes)
+    polys = vectorize(classes, _conf(classes.shape), grid, keep=[1], sieve_pixels=4)
+    assert len(polys) == 1
+    np.testing.assert_array_equal(_members(polys.geometry[0], grid), classes == 1)
+
+
+def test_nodata_is_not_sieved_away() -> None:
+    classes = np.ones((8, 8), np.uint8)
+    classes[2, 2] = NODATA  # a 1-pixel nodata hole must stay nodata
+    classes[5:7, 5] = NODATA
+    cleaned = clean_classes(classes, 5, NODATA)
+    np.testing.assert_array_equal(cleaned == NODATA, classes == NODATA)
+
+
+@pytest.mark.parametrize("sieve", [0, 1])
+def test_clean_classes_without_sieve_is_identity(sieve: int) -> None:
+    classes = _blobs(15, 17, seed=3)
+    before = classes.copy()
+    out = clean_classes(classes, sieve, NODATA)
+    np.testing.assert_array_equal(out, before)
+    np.testing.assert_array_equal(classes, before)
+
+
+def test_clean_classes_does_not_modify_its_input() -> None:
+    classes = _blobs(15, 17, seed=4)
+    before = classes.copy()
+    out = clean_classes(classes, 6, NODATA)
+    np.testing.assert_array_equal(classes, before)
+    assert not np.array_equal(out, before)  # the sieve did something
+
+
+def test_min_area_drops_small_polygons() -> None:
+    grid = _utm_grid(12, 12)
+    classes = np.zeros((12, 12), np.uint8)
+    classes[1, 1:4] = 1  # 3 pixels, 300 m²
+    classes[4, 1:6] = 1  # 5 pixels, 500 m²
+    classes[7:10, 7:10] = 1  # 9 pixels, 900 m²
+    conf = _conf(classes.shape)
+    assert len(vectorize(classes, conf, grid, keep=[1])) == 3
+    polys = vectorize(classes, conf, grid, keep=[1], min_area_m2=500)
+    _check_consistent(polys)
+    assert sorted(polys.area_m2.tolist()) == pytest.approx([500.0, 900.0])
+    assert sorted(polys.pixels.tolist()) == [5, 9]
+    for i, poly in enumerate(polys.geometry):
+        inside = _members(poly, grid)
+        assert polys.pixels[i] == inside.sum()
+        assert polys.confidence[i] == pytest.approx(conf[inside].mean())
+    assert len(vectorize(classes, conf, grid, keep=[1], min_area_m2=901)) == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_geometries_valid_and_area_adds_up(seed: int) -> None:
+    grid = _utm_grid(40, 50)
+    classes = _blobs(40, 50, seed=seed)
+    keep = [1, 2]
+    polys = vectorize(classes, _conf(classes.shape), grid, keep=keep)
+    _check_consistent(polys)
+    assert shapely.is_valid(polys.geometry).all()
+    kept = np.isin(classes, keep).sum()
+    assert polys.area_m2.sum() == pytest.approx(kept * PIXEL_AREA)
+    assert shapely.area(polys.geometry).sum() == pytest.approx(kept * PIXEL_AREA)
+    assert polys.pixels.sum() == kept
+    # No overlaps: the union is as large as the parts.
+    assert shapely.union_all(polys.geometry).area == pytest.approx(kept * PIXEL_AREA)
+    np.testing.assert_allclose(polys.area_m2, polys.pixels * PIXEL_AREA)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_geometries_valid_on_noisy_raster(seed: int) -> None:
+    grid = _utm_grid(30, 30)
+    rng = np.random.default_rng(seed)
+    classes = rng.integers(0, 3, size=(30, 30)).astype(np.uint8)
+    classes[rng.random((30, 30)) < 0.1] = NODATA
+    polys = vectorize(classes, _conf(classes.shape), grid, keep=[1])
+    assert shapely.is_valid(polys.geometry).all()
+    assert polys.pixels.sum() == (classes == 1).sum()
+    assert polys.area_m2.sum() == pytest.approx((classes == 1).sum() * PIXEL_AREA)
+
+
+def test_areas_in_geographic_crs_are_geodesic() -> None:
+    grid = _geo_grid(40, 50)
+    classes = _blobs(40, 50, seed=7)
+    classes[20:35, 25:45] = 2
+    classes[24:30, 30:38] = 0  # a hole
+    polys = vectorize(classes, _conf(classes.shape), grid, keep=[1, 2])
+    assert len(polys) > 2
+    geod = Geod(ellps="WGS84")
+    expected = np.array([abs(geod.geometry_area_perimeter(p)[0]) for p in polys.geometry])
+    np.testing.assert_allclose(polys.area_m2, expected, rtol=5e-3)
+    # One pixel here is about 16.5 m x 19.9 m, not the square degrees shapely would report.
+    one = geod.geometry_area_perimeter(shapely.box(-118.45, 34.3 - DEG, -118.45 + DEG, 34.3))[0]
+    assert 300 < abs(one) < 360
+    np.testing.assert_allclose(polys.area_m2 / polys.pixels, abs(one), rtol=5e-3)
+
+
+@pytest.mark.parametrize(("fill", "keep"), [(0, [1]), (NODATA, [0, 1]), (1, [])])
+def test_empty_result(fill: int, keep: list[int]) -> None:
+    grid = _utm_grid(6, 7)
+    classes = np.full((6, 7), fill, np.uint8)
+    polys = vectorize(classes, _conf(classes.shape), grid, keep=keep)
+    assert len(polys) == 0
+    _check_consistent(polys)
+    assert polys.area_m2.dtype == np.float64
+
+
+def test_label_regions_are_unique() -> None:
+    classes = _blobs(30, 35, seed=11, k=4)
+    classes[0:3, 0:3] = 0
+    classes[0, 0] = classes[1, 1] = 1  # diagonal contact only: two regions
+    keep = [1, 2]
+    labels = label_regions(classes, keep)
+    assert labels.dtype == np.int32
+    kept = np.isin(classes, keep)
+    np.testing.assert_array_equal(labels > 0, kept)
+    ids = np.unique(labels[kept])
+    np.testing.assert_array_equal(ids, np.arange(1, len(ids) + 1))
+    four = ndimage.generate_binary_structure(2, 1)
+    for i in ids:
+        region = labels == i
+        # One class per label, and each label is one 4-connected piece.
+        assert len(np.unique(classes[region])) == 1
+        assert ndimage.label(region, structure=four)[1] == 1
+    # Edge neighbours share a label exactly when they are of the same kept class.
+    for a, b in ((np.s_[:, :-1], np.s_[:, 1:]), (np.s_[:-1, :], np.s_[1:, :])):
+        both = kept[a] & kept[b]
+        same_class = classes[a] == classes[b]
+        np.testing.assert_array_equal((labels[a] == labels[b])[both], same_class[both])
+    assert labels[0, 0] != labels[1, 1]
+
+
+def test_label_regions_nothing_kept() -> None:
+    labels = label_regions(np.zeros((4, 4), np.uint8), [1])
+    assert labels.dtype == np.int32
+    assert not labels.any()

@@ -119,6 +119,99 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
 
+    train = sub.add_parser(
+        "train",
+        parents=[catalog_opt],
+        help="train a workflow's TorchGeo network on labelled scenes",
+        description=(
+            "Train the `kind: torchgeo` network of WORKFLOW on chips sampled from catalog "
+            "scenes and write a checkpoint that carries its model card."
+        ),
+    )
+    train.add_argument("workflow", help="workflow name under workflows/ or a .yaml path")
+    train.add_argument(
+        "--scene",
+        action="append",
+        required=True,
+        metavar="ID",
+        help="catalog id of a training scene (repeat for several)",
+    )
+    train.add_argument(
+        "--before",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="pre-event scene of each --scene, in the same order (two-date models)",
+    )
+    train.add_argument(
+        "--labels",
+        action="append",
+        required=True,
+        metavar="LABELS",
+        help="class labels: a raster mask or polygons (GeoPackage …); one for all scenes or "
+        "one per --scene",
+    )
+    train.add_argument("--val-scene", metavar="ID", help="scene scored after training")
+    train.add_argument("--val-before", metavar="ID", help="pre-event scene of --val-scene")
+    train.add_argument(
+        "--val-labels", metavar="LABELS", help="labels of --val-scene (default: the first --labels)"
+    )
+    train.add_argument(
+        "--label-field",
+        default="class",
+        metavar="NAME",
+        help="polygon field holding the class value (default: class)",
+    )
+    train.add_argument("--epochs", type=_positive, default=10, metavar="N", help="default: 10")
+    train.add_argument(
+        "--steps-per-epoch", type=_positive, default=50, metavar="N", help="default: 50"
+    )
+    train.add_argument("--batch-size", type=_positive, default=8, metavar="N", help="default: 8")
+    train.add_argument(
+        "--chip-size",
+        type=_positive,
+        default=128,
+        metavar="N",
+        help="training chip edge in pixels (default: 128)",
+    )
+    train.add_argument("--lr", type=float, default=1e-3, metavar="F", help="default: 0.001")
+    train.add_argument("--seed", type=_non_negative, default=0, metavar="N", help="default: 0")
+    train.add_argument(
+        "--weights",
+        metavar="NAME",
+        help="TorchGeo pretrained backbone weights, e.g. ResNet18_Weights.SENTINEL2_ALL_MOCO, "
+        "read from the torch hub cache (never downloaded)",
+    )
+    train.add_argument("--licence", default="unspecified", help="licence recorded in the card")
+    train.add_argument(
+        "--out", type=Path, required=True, metavar="MODEL.ckpt", help="checkpoint to write"
+    )
+    train.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="score a prediction against reference labels",
+        description=(
+            "Per-class IoU, F1, precision and recall of a prediction (classes.tif or "
+            "polygons.gpkg) against truth (a label raster or polygons)."
+        ),
+    )
+    ev.add_argument("--pred", required=True, metavar="PATH", help="classes.tif or polygons.gpkg")
+    ev.add_argument("--truth", required=True, metavar="PATH", help="label raster or polygons")
+    ev.add_argument(
+        "--pred-map",
+        metavar="SPEC",
+        help="recode predicted classes first, e.g. '0-2=0,3-6=1' (fire severities to burned)",
+    )
+    ev.add_argument("--truth-map", metavar="SPEC", help="recode truth classes first")
+    ev.add_argument(
+        "--label-field",
+        default="class",
+        metavar="NAME",
+        help="polygon field holding the class value (default: class)",
+    )
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     cat = sub.add_parser("catalog", help="inspect the scene catalog")
     cat_sub = cat.add_subparsers(dest="catalog_command", required=True, parser_class=_Parser)
     cat_sub.add_parser(
@@ -165,6 +258,93 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.catalog import load_catalog
+    from pipeline.training import Sample, TrainOptions, train
+    from pipeline.workflow import load_workflow
+
+    workflow = load_workflow(args.workflow)
+    catalog = load_catalog(args.catalog or default_catalog())
+    scenes = args.scene
+    if args.before and len(args.before) != len(scenes):
+        raise ConfigError(
+            f"{len(args.before)} --before for {len(scenes)} --scene; give one per scene, in order"
+        )
+    if len(args.labels) not in (1, len(scenes)):
+        raise ConfigError(
+            f"{len(args.labels)} --labels for {len(scenes)} --scene; give one for all or one each"
+        )
+    labels = args.labels * len(scenes) if len(args.labels) == 1 else args.labels
+    befores = args.before or [None] * len(scenes)
+    for path in {*labels, *([args.val_labels] if args.val_labels else [])}:
+        if "://" not in path and not Path(path).is_file():
+            raise ConfigError(f"labels file not found: {path}")
+    samples = [
+        Sample(catalog.scene(s), catalog.scene(b) if b else None, lab)
+        for s, b, lab in zip(scenes, befores, labels, strict=True)
+    ]
+    validation = None
+    if args.val_scene:
+        validation = Sample(
+            catalog.scene(args.val_scene),
+            catalog.scene(args.val_before) if args.val_before else None,
+            args.val_labels or labels[0],
+        )
+    elif args.val_before or args.val_labels:
+        raise ConfigError("--val-before and --val-labels need --val-scene")
+    import lightning.pytorch  # noqa: F401  (it sets its loggers' levels when imported)
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    options = TrainOptions(
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
+        chip_size=args.chip_size,
+        lr=args.lr,
+        seed=args.seed,
+        label_field=args.label_field,
+        weights=args.weights,
+        licence=args.licence,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    result = train(workflow, samples, args.out, validation, options)
+    if not args.quiet:
+        m = result.card.metrics
+        first, last = m.get("loss_first", float("nan")), m.get("loss_last", float("nan"))
+        print(
+            f"trained {result.card.arch}/{result.card.backbone} for {len(result.losses)} steps: "
+            f"loss {first:.3f} -> {last:.3f}"
+        )
+        for key, value in m.items():
+            if key.startswith("val_"):
+                print(f"  {key}: {value:.3f}")
+        print(f"checkpoint: {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.evaluate import evaluate, format_table, parse_class_map
+
+    for flag, path in (("--pred", args.pred), ("--truth", args.truth)):
+        if "://" not in path and not Path(path).exists():
+            raise ConfigError(f"{flag} file not found: {path}")
+    report = evaluate(
+        args.pred,
+        args.truth,
+        pred_map=parse_class_map(args.pred_map) if args.pred_map else None,
+        truth_map=parse_class_map(args.truth_map) if args.truth_map else None,
+        label_field=args.label_field,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), allow_nan=False, indent=2))
+    else:
+        print(format_table(report))
+    return 0
+
+
 def _cmd_catalog_list(args: argparse.Namespace) -> int:
     from pipeline.catalog import load_catalog
 
@@ -207,6 +387,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "train":
+            return _cmd_train(args)
+        if args.command == "evaluate":
+            return _cmd_evaluate(args)
         if args.command == "catalog" and args.catalog_command == "list":
             return _cmd_catalog_list(args)
         parser.error(f"unknown command {args.command!r}")  # pragma: no cover

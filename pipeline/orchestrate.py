@@ -31,14 +31,14 @@ from tqdm import tqdm
 from pipeline import __version__
 from pipeline.catalog import Catalog, Scene
 from pipeline.errors import ConfigError, ModelError
-from pipeline.grid import Block, Grid, blocks, tile_window
-from pipeline.inference import NODATA, predict_tile
+from pipeline.grid import Block, Grid, blocks
+from pipeline.inference import NODATA, batches, process_blocks
 from pipeline.models import SegmentationModel, build_model
+from pipeline.models.card import ModelCard, check_resolution, check_values, metres_per_unit
 from pipeline.publish import BlockRaster, Staging, write_json, write_polygons
 from pipeline.reading import check_compatible, read_band, read_window, scene_grid
-from pipeline.stitch import crop_block, pad_tile
 from pipeline.vectorize import vectorize
-from pipeline.workflow import ModelConfig, Workflow
+from pipeline.workflow import ClassDef, ModelConfig, Workflow
 
 log = logging.getLogger(__name__)
 
@@ -62,26 +62,6 @@ class RunResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def process_block(
-    model: SegmentationModel,
-    scene: Scene,
-    before: Scene | None,
-    grid: Grid,
-    block: Block,
-    halo: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read, classify and crop one block; return its (classes, confidence) arrays."""
-    read, pad = tile_window(grid, block, halo)
-    data, valid = read_window(scene, model.bands, grid, read)
-    if before is not None:
-        data_b, valid_b = read_window(before, model.bands, grid, read)
-        data = np.concatenate([data_b, data], axis=0)
-        valid &= valid_b
-    data, valid = pad_tile(data, valid, pad)
-    classes, confidence = predict_tile(model, data, valid)
-    return crop_block(classes, read, pad, block), crop_block(confidence, read, pad, block)
-
-
 class ModelPlugin(WorkerPlugin):
     """A Dask worker plugin that builds the model once per worker process.
 
@@ -89,37 +69,51 @@ class ModelPlugin(WorkerPlugin):
     network models, loaded) on each worker at registration, never shipped inside a task.
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, classes: tuple[ClassDef, ...]) -> None:
         self.config = config
+        self.classes = classes
         self.model: SegmentationModel | None = None
 
     def setup(self, worker: Any) -> None:
-        """Build the model in the worker process, with one torch thread."""
+        """Build the model in the worker process, with one torch thread; on a GPU if present."""
         import torch
 
         torch.set_num_threads(1)
-        self.model = build_model(self.config)
+        model = build_model(self.config, self.classes)
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+        self.model = model
 
     def teardown(self, worker: Any) -> None:
         """Release the model."""
         self.model = None
 
 
-def plugin_name(config: ModelConfig) -> str:
-    """A name unique to a model configuration, so runs with other models never share one."""
+def plugin_name(workflow: Workflow) -> str:
+    """A name unique to a model: runs with another model or checkpoint never share one."""
     import hashlib
 
-    digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
-    return f"geoseg-model-{digest}"
+    h = hashlib.sha256(workflow.model.model_dump_json().encode())
+    h.update(repr([c.model_dump() for c in workflow.classes]).encode())
+    checkpoint = getattr(workflow.model, "checkpoint", None)
+    if checkpoint and Path(checkpoint).is_file():
+        stat = Path(checkpoint).stat()
+        h.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return f"geoseg-model-{h.hexdigest()[:16]}"
 
 
-def _block_task(
-    plugin: str, scene: Scene, before: Scene | None, grid: Grid, block: Block, halo: int
-) -> tuple[Block, np.ndarray, np.ndarray]:
+def _blocks_task(
+    plugin: str,
+    scene: Scene,
+    before: Scene | None,
+    grid: Grid,
+    group: tuple[Block, ...],
+    halo: int,
+) -> list[tuple[Block, np.ndarray, np.ndarray]]:
     model = cast(ModelPlugin, get_worker().plugins[plugin]).model
     assert model is not None, "model plugin was not set up"
-    classes, confidence = process_block(model, scene, before, grid, block, halo)
-    return block, classes, confidence
+    results = process_blocks(model, scene, before, grid, group, halo)
+    return [(b, c, f) for b, (c, f) in zip(group, results, strict=True)]
 
 
 @contextmanager
@@ -198,7 +192,7 @@ def plan(
 
     Everything a user can get wrong is found here, before any cluster starts.
     """
-    model = build_model(workflow.model)
+    model = build_model(workflow.model, workflow.classes)
     if model.num_classes != len(workflow.classes):
         raise ModelError(
             f"workflow {workflow.name!r} lists {len(workflow.classes)} classes but model "
@@ -220,7 +214,36 @@ def plan(
     grid = scene_grid(scene, model.bands)
     if before is not None:
         check_compatible(before, model.bands, grid)
+    card = getattr(model, "card", None)
+    if isinstance(card, ModelCard):
+        check_scene_against_card(card, scene, before, grid)
     return model, scene, before, grid
+
+
+def check_scene_against_card(
+    card: ModelCard, scene: Scene, before: Scene | None, grid: Grid
+) -> None:
+    """Stop before any tile runs when the scene does not look like what the model was trained on.
+
+    Bands are checked when the grid is built; here the pixel size and, on a central sample of
+    at most 512×512 pixels, the value range after the catalog's scale and offset.
+    """
+    import pyproj
+
+    crs = pyproj.CRS.from_wkt(grid.crs_wkt)
+    _, bottom, _, top = grid.bounds
+    gsd = grid.res[0] * metres_per_unit(crs.is_geographic, (bottom + top) / 2)
+    check_resolution(card, scene.id, gsd)
+    size = min(512, grid.height), min(512, grid.width)
+    sample = Block((grid.height - size[0]) // 2, (grid.width - size[1]) // 2, *size)
+    data, valid = read_window(scene, card.bands, grid, sample.window)
+    names = card.bands
+    if before is not None:
+        data_b, valid_b = read_window(before, card.bands, grid, sample.window)
+        data = np.concatenate([data_b, data])
+        valid &= valid_b
+        names = tuple(f"{b} (before)" for b in card.bands) + card.bands
+    check_values(card, scene.id, names, data, valid)
 
 
 def run(
@@ -376,27 +399,29 @@ def _classify(
     """Classify every block on Dask, writing each result as it arrives; return the worker count."""
     t0 = time.perf_counter()
     with dask_client(options.workers, options.scheduler) as client:
-        name = plugin_name(workflow.model)
-        client.register_plugin(ModelPlugin(workflow.model), name=name)
+        name = plugin_name(workflow)
+        client.register_plugin(ModelPlugin(workflow.model, workflow.classes), name=name)
         times["cluster_start_s"] = time.perf_counter() - t0
         n_workers = len(client.scheduler_info().get("workers", {}))
         t0 = time.perf_counter()
+        groups = batches(tiles, getattr(workflow.model, "batch_size", 1))
         futures = [
             client.submit(
-                _block_task,
+                _blocks_task,
                 name,
                 scene,
                 before,
                 grid,
-                b,
+                group,
                 workflow.halo,
-                key=f"geoseg-block-{name}-{scene.id}-{b.key}-h{workflow.halo}-{uuid.uuid4().hex[:6]}",
+                key=f"geoseg-blocks-{name}-{scene.id}-{group[0].key}-n{len(group)}"
+                f"-h{workflow.halo}-{uuid.uuid4().hex[:6]}",
                 pure=False,
             )
-            for b in tiles
+            for group in groups
         ]
         bar = tqdm(
-            total=len(futures),
+            total=len(tiles),
             desc=f"{workflow.name} {scene.id}",
             unit="block",
             disable=not options.progress,
@@ -404,11 +429,11 @@ def _classify(
         )
         try:
             for future in as_completed(futures):
-                block, classes, confidence = future.result()
-                classes_out.write(block, classes)
-                conf_out.write(block, confidence)
+                for block, classes, confidence in future.result():
+                    classes_out.write(block, classes)
+                    conf_out.write(block, confidence)
+                    bar.update()
                 future.release()
-                bar.update()
         finally:
             bar.close()
             client.cancel(futures)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -147,8 +148,14 @@ def read_window(
         src_band = scene.band(name)
         by_path[src_band.path].append((i, src_band))
 
+    grid_crs = CRS.from_wkt(grid.crs_wkt)
     for path, members in by_path.items():
         with _open(path, scene.id) as src:
+            if src.crs != grid_crs:
+                raise SceneError(
+                    f"scene {scene.id!r}: {path} is in {src.crs}, the run's grid in {grid_crs}; "
+                    "reproject it to the grid's CRS"
+                )
             st = src.transform
             # Index of the source pixel containing each target pixel centre.
             cols = np.floor((xs - st.c) / st.a + 1e-9).astype(np.int64)
@@ -187,9 +194,99 @@ def read_window(
     return data, valid
 
 
+def raster_grid(path: str) -> Grid:
+    """The grid (CRS, transform, size) of a raster file."""
+    with _open(path, path) as src:
+        if src.crs is None:
+            raise SceneError(f"{path} has no CRS; georeference it (gdal_edit.py -a_srs)")
+        t = src.transform
+        return Grid(src.crs.to_wkt(), (t.a, t.b, t.c, t.d, t.e, t.f), src.width, src.height)
+
+
 def read_band(path: str) -> tuple[np.ndarray, Grid, float | None]:
     """Read band 1 of a (single-band output) raster whole, with its grid and nodata value."""
     with rasterio.open(path) as src:
         t = src.transform
         grid = Grid(src.crs.to_wkt(), (t.a, t.b, t.c, t.d, t.e, t.f), src.width, src.height)
         return src.read(1), grid, src.nodata
+
+
+#: Value of label arrays where the label is unknown (ignored in training and scoring).
+NO_LABEL = 255
+
+
+def read_labels(path: str, grid: Grid, window: Window, field: str = "class") -> np.ndarray:
+    """Read class labels over ``window`` of ``grid`` from a raster mask or a polygon file.
+
+    A raster (band 1) is looked up like a band, by pixel centre, so it may have any resolution
+    and origin in the grid's CRS; its nodata and pixels outside it become :data:`NO_LABEL`.
+    Polygons (GeoPackage, Shapefile, GeoJSON …) are burned in with the value of ``field``;
+    pixels no polygon covers are class 0. Returns uint8 ``[h, w]``.
+    """
+    if is_raster(path):
+        labels = Scene(id=path, bands=(BandSource("label", path, 1),))
+        data, valid = read_window(labels, ("label",), grid, window)
+        if (data[0][valid] > 254).any() or (data[0][valid] < 0).any():
+            raise SceneError(f"labels {path}: class values must lie in 0..254")
+        out = data[0].astype(np.uint8)
+        out[~valid] = NO_LABEL
+        return out
+    return _rasterize_polygons(path, grid, window, field)
+
+
+#: File suffixes read as rasters; any other label or prediction file is read as polygons.
+RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".vrt", ".img", ".jp2"})
+
+
+def is_raster(path: str) -> bool:
+    """Whether ``path`` is read as a raster (by suffix) rather than as polygons."""
+    return Path(path).suffix.lower() in RASTER_SUFFIXES
+
+
+def _rasterize_polygons(path: str, grid: Grid, window: Window, field: str) -> np.ndarray:
+    import pyogrio
+    import shapely
+    from pyproj import Transformer
+    from rasterio import features
+    from rasterio.warp import transform_bounds
+
+    try:
+        info = pyogrio.read_info(path)
+    except Exception as exc:  # pyogrio raises several unrelated types for unreadable files
+        raise SceneError(f"labels {path}: cannot read polygons: {exc}") from None
+    if field not in list(info["fields"]):
+        raise SceneError(
+            f"labels {path}: no field {field!r} (fields: {', '.join(info['fields'])}); "
+            "name the class field with --label-field"
+        )
+    if not info["crs"]:
+        raise SceneError(f"labels {path}: the layer has no CRS; assign one (ogr2ogr -a_srs)")
+    src_crs = CRS.from_user_input(info["crs"])
+    grid_crs = CRS.from_wkt(grid.crs_wkt)
+    # Read only the polygons that reach this window, not the whole layer for every block.
+    t = grid.window_transform(window)
+    x0, y0 = t @ (0, 0)
+    x1, y1 = t @ (int(window.width), int(window.height))
+    bbox = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+    if src_crs != grid_crs:
+        bbox = transform_bounds(grid_crs, src_crs, *bbox, densify_pts=21)
+    meta, _, wkb, values = pyogrio.raw.read(path, columns=[field], bbox=bbox)
+    geoms = shapely.from_wkb(wkb)
+    if src_crs != grid_crs:
+        tr = Transformer.from_crs(src_crs.to_wkt(), grid.crs_wkt, always_xy=True)
+        geoms = shapely.transform(
+            geoms, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1]))
+        )
+    h, w = int(window.height), int(window.width)
+    vals = np.asarray(values[0])
+    if len(geoms) == 0:
+        return np.zeros((h, w), dtype=np.uint8)
+    if (vals < 0).any() or (vals > 254).any():
+        raise SceneError(f"labels {path}: field {field!r} must hold class values in 0..254")
+    return features.rasterize(
+        zip(geoms, vals.astype(int), strict=True),
+        out_shape=(h, w),
+        transform=grid.window_transform(window),
+        fill=0,
+        dtype="uint8",
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -56,8 +56,45 @@ class IndexModelConfig(_Strict):
     params: dict[str, float | list[float]] = Field(default_factory=dict)
 
 
-#: Every model kind a workflow may name (TorchGeo networks join in a later release).
-ModelConfig = IndexModelConfig
+class NormalizationConfig(_Strict):
+    """Per input channel ``(reflectance - mean) / std``; one value per channel."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+class TorchGeoModelConfig(_Strict):
+    """``kind: torchgeo``: a segmentation network as TorchGeo's trainer builds it.
+
+    ``checkpoint`` is a Lightning checkpoint of TorchGeo's ``SemanticSegmentationTask``, a
+    plain state dict, or a checkpoint written by ``geoseg train`` (which carries a model card).
+    ``weights`` names TorchGeo pretrained weights (e.g. ``ResNet18_Weights.SENTINEL2_ALL_MOCO``),
+    resolved offline through the torch hub cache; backbone weights only initialise training.
+    A relative ``checkpoint`` is relative to the workflow file.
+    """
+
+    kind: Literal["torchgeo"]
+    arch: Literal["unet", "deeplabv3+", "fcn", "upernet", "segformer", "dpt"] = "unet"
+    backbone: str = "resnet18"
+    checkpoint: str | None = None
+    weights: str | None = None
+    bands: tuple[str, ...] | None = Field(
+        default=None, description="Band common names in input order; the card's if omitted."
+    )
+    needs_before: bool = Field(default=False, description="Input is pre-event bands + bands.")
+    normalization: NormalizationConfig | None = None
+    gsd_m: float | None = Field(default=None, gt=0, description="Expected pixel size, m.")
+    batch_size: int = Field(default=1, ge=1, le=256, description="Tiles per forward pass.")
+
+    @model_validator(mode="after")
+    def _source(self) -> TorchGeoModelConfig:
+        if self.checkpoint and self.weights:
+            raise ValueError("give `checkpoint` or `weights`, not both")
+        return self
+
+
+#: Every model kind a workflow may name.
+ModelConfig = Annotated[IndexModelConfig | TorchGeoModelConfig, Field(discriminator="kind")]
 
 
 class CleanupConfig(_Strict):
@@ -146,6 +183,11 @@ def load_workflow(name_or_path: str) -> Workflow:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of workflow settings")
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("checkpoint"), str):
+        # A relative checkpoint belongs to the workflow file, wherever geoseg runs from.
+        ckpt = Path(model["checkpoint"]).expanduser()
+        raw = {**raw, "model": {**model, "checkpoint": str(path.parent / ckpt)}}
     try:
         return Workflow.model_validate(raw)
     except ValidationError as exc:
@@ -158,4 +200,6 @@ def _describe(exc: ValidationError) -> str:
     msg: Any = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key; see README.md for the workflow fields"
+    if err["type"] in {"union_tag_invalid", "union_tag_not_found"}:
+        loc += ".kind"
     return f"field {loc!r}: {msg}"

@@ -12,16 +12,15 @@ import torch
 from pipeline.catalog import Catalog, load_catalog
 from pipeline.errors import ConfigError, ModelError, SceneError
 from pipeline.grid import Block
-from pipeline.inference import NODATA, predict_tile
+from pipeline.inference import NODATA, batches, predict_tile, process_block, process_blocks
 from pipeline.models import build_model
 from pipeline.orchestrate import (
     ModelPlugin,
     RunOptions,
-    _block_task,
+    _blocks_task,
     dask_client,
     plan,
     plugin_name,
-    process_block,
     run,
 )
 from pipeline.reading import read_window
@@ -98,9 +97,9 @@ def test_process_block_matches_whole_scene_pass(synthetic_catalog, forest):
 
 def test_model_is_built_once_per_worker_and_tasks_carry_no_model(synthetic_catalog, forest):
     model, scene, _, grid = plan(forest, synthetic_catalog, "synth", None)
-    name = plugin_name(forest.model)
+    name = plugin_name(forest)
     with dask_client(workers=2, scheduler=None) as client:
-        client.register_plugin(ModelPlugin(forest.model), name=name)
+        client.register_plugin(ModelPlugin(forest.model, forest.classes), name=name)
 
         def model_ids(dask_worker):
             return id(dask_worker.plugins[name].model)
@@ -108,9 +107,10 @@ def test_model_is_built_once_per_worker_and_tasks_carry_no_model(synthetic_catal
         before = client.run(model_ids)
         blocks = [Block(r, c, 16, 16) for r in range(0, 64, 16) for c in range(0, 64, 16)]
         futures = [
-            client.submit(_block_task, name, scene, None, grid, b, 0, pure=False) for b in blocks
+            client.submit(_blocks_task, name, scene, None, grid, (b,), 0, pure=False)
+            for b in blocks
         ]
-        results = client.gather(futures)
+        results = [r for batch in client.gather(futures) for r in batch]
         after = client.run(model_ids)
     assert len(before) == 2 and before == after  # same model object before and after 16 tasks
     assert [r[0] for r in results] == blocks
@@ -213,3 +213,19 @@ def test_run_on_an_existing_scheduler(synthetic_catalog, forest, tmp_path):
         np.testing.assert_array_equal(src.read(1), classes)
     assert res.summary["execution"]["scheduler"] == cluster.scheduler_address
     assert res.summary["execution"]["workers"] == 1
+
+
+def test_batched_blocks_match_single_blocks(synthetic_catalog, forest):
+    model, scene, _, grid = plan(forest, synthetic_catalog, "synth", None)
+    from pipeline.grid import blocks
+
+    tiles = blocks(grid, 24)  # 96x80: full 24x24 blocks and narrower ones on the right edge
+    groups = batches(tiles, 3)
+    assert sorted(b for g in groups for b in g) == sorted(tiles)
+    assert all(len(g) <= 3 and len({(b.height, b.width) for b in g}) == 1 for g in groups)
+    for group in groups:
+        batched = process_blocks(model, scene, None, grid, group, 4)
+        for block, (c, f) in zip(group, batched, strict=True):
+            c1, f1 = process_block(model, scene, None, grid, block, 4)
+            np.testing.assert_array_equal(c, c1)
+            np.testing.assert_array_equal(f, f1)

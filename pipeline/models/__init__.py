@@ -1,7 +1,9 @@
 """Segmentation models: the common interface and the builders behind workflow ``model:`` entries.
 
 :class:`~pipeline.models.base.SegmentationModel` is the interface; :mod:`.indices` holds the
-spectral-index models. :func:`build_model` turns a validated model configuration into a module.
+spectral-index models, :mod:`.networks` the TorchGeo networks, :mod:`.card` their model cards
+and :mod:`.checkpoints` the safe loading of weight files. :func:`build_model` turns a validated
+model configuration into a module.
 """
 
 from __future__ import annotations
@@ -11,11 +13,18 @@ import inspect
 from pipeline.errors import ModelError
 from pipeline.models.base import SegmentationModel
 from pipeline.models.indices import INDEX_MODELS
-from pipeline.workflow import IndexModelConfig, ModelConfig
+from pipeline.workflow import ClassDef, IndexModelConfig, ModelConfig, TorchGeoModelConfig
 
 
-def build_model(config: ModelConfig) -> SegmentationModel:
-    """Build the model a workflow describes, in eval mode; raise :class:`ModelError` if it can't."""
+def build_model(config: ModelConfig, classes: tuple[ClassDef, ...] = ()) -> SegmentationModel:
+    """Build the model a workflow describes, in eval mode; raise :class:`ModelError` if it can't.
+
+    ``classes`` are the workflow's classes, which a network without a model card predicts.
+    """
+    if isinstance(config, TorchGeoModelConfig):
+        from pipeline.models.networks import build_torchgeo_model
+
+        return build_torchgeo_model(config, classes)
     if isinstance(config, IndexModelConfig):
         cls = INDEX_MODELS.get(config.name)
         if cls is None:
@@ -34,7 +43,7 @@ def build_model(config: ModelConfig) -> SegmentationModel:
         except (TypeError, ValueError) as exc:
             raise ModelError(f"index model {config.name!r}: {exc}") from None
         return model.eval()
-    raise ModelError(f"unsupported model kind {config.kind!r}")  # pragma: no cover
+    raise AssertionError(f"unhandled model kind {config!r}")  # pragma: no cover
 
 
 __all__ = ["SegmentationModel", "build_model"]

@@ -11,6 +11,7 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
+from affine import Affine
 from rasterio.windows import Window
 
 from pipeline.catalog import load_catalog
@@ -30,7 +31,8 @@ def _crop(src_path: Path, dst_path: Path, window: Window) -> Path:
         profile = src.profile | {
             "width": int(window.width),
             "height": int(window.height),
-            "transform": src.window_transform(window),
+            "transform": src.transform
+            @ Affine.translation(int(window.col_off), int(window.row_off)),
         }
         data = src.read(window=window)
     with rasterio.open(dst_path, "w", **profile) as dst:

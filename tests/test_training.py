@@ -294,3 +294,42 @@ def test_train_and_evaluate_user_errors(args, needle, shared_data, tmp_path, mon
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_polygon_labels_train_like_the_raster_they_came_from(dove, tmp_path):
+    import shapely
+    from rasterio import features
+
+    from pipeline.reading import read_labels, scene_grid
+
+    catalog, folder = dove
+    with rasterio.open(folder / "train-mask.tif") as src:
+        mask, transform, crs = src.read(1), src.transform, src.crs
+    shapes = [
+        (shapely.geometry.shape(g), int(v))
+        for g, v in features.shapes(mask, mask=mask == 1, transform=transform)
+    ]
+    gpkg = tmp_path / "perimeter.gpkg"
+    pyogrio.raw.write(
+        str(gpkg),
+        geometry=shapely.to_wkb(np.array([g for g, _ in shapes], dtype=object)),
+        field_data=[np.array([v for _, v in shapes], dtype=np.int32)],
+        fields=["burned"],
+        crs=crs.to_wkt(),
+        driver="GPKG",
+        geometry_type="Polygon",
+    )
+    scene = catalog.scene("train-post")
+    grid = scene_grid(scene, ("nir",))
+    window = Window(0, 0, grid.width, grid.height)
+    from_polygons = read_labels(str(gpkg), grid, window, field="burned")
+    np.testing.assert_array_equal(from_polygons, mask)
+
+    sample = Sample(scene, catalog.scene("train-pre"), str(gpkg))
+    options = TrainOptions(
+        epochs=1, steps_per_epoch=2, batch_size=2, chip_size=64, label_field="burned"
+    )
+    result = train(load_workflow("fire-unet"), [sample], tmp_path / "m.ckpt", options=options)
+    assert result.card.training_data["labels"] == [str(gpkg)]
+    assert result.card.training_data["label_pixels"]["burned"] > 0

@@ -31,16 +31,27 @@ from tqdm import tqdm
 from pipeline import __version__
 from pipeline.catalog import Catalog, Scene
 from pipeline.errors import ConfigError, ModelError
-from pipeline.grid import Block, Grid, blocks
+from pipeline.grid import Block, Grid, blocks, tile_window
 from pipeline.inference import NODATA, batches, process_blocks
 from pipeline.models import SegmentationModel, build_model
 from pipeline.models.card import ModelCard, check_resolution, check_values, metres_per_unit
 from pipeline.publish import BlockRaster, Staging, write_json, write_polygons
-from pipeline.reading import check_compatible, read_band, read_window, scene_grid
-from pipeline.vectorize import vectorize
+from pipeline.reading import check_compatible, read_band_window, read_window, scene_grid
+from pipeline.vectorize import (
+    BlockPolygons,
+    Cleanup,
+    Polygons,
+    clean_window,
+    merge_blocks,
+    polygonize_block,
+    sieve_halo,
+)
 from pipeline.workflow import ClassDef, ModelConfig, Workflow
 
 log = logging.getLogger(__name__)
+
+#: Edge of the blocks the class raster is polygonized in (bounds memory per task).
+VECTORIZE_BLOCK = 1024
 
 
 @dataclass(frozen=True)
@@ -266,40 +277,49 @@ def run(
     folder = Path(options.out).expanduser() / workflow.name / scene.id
     colormap = {c.value: (*c.rgb, 255) for c in workflow.classes}
 
+    cleanup = Cleanup(
+        sieve_pixels=workflow.cleanup.sieve_pixels,
+        min_area_m2=workflow.cleanup.min_area_m2,
+        fill_holes_m2=workflow.cleanup.fill_holes_m2,
+        simplify_m=workflow.cleanup.simplify_m,
+    )
+    keep = tuple(c.value for c in workflow.classes if c.vectorize)
     with Staging(folder) as staging:
         work_classes = staging.scratch("classes.work.tif")
+        work_conf = staging.scratch("confidence.work.tif")
         classes_out = BlockRaster(
             work_classes, grid, NODATA, colormap=colormap, description="class"
         )
-        conf_out = BlockRaster(
-            staging.scratch("confidence.work.tif"), grid, NODATA, description="confidence %"
-        )
-        try:
-            n_workers = _classify(
-                model, workflow, scene, before, grid, tiles, options, classes_out, conf_out, times
-            )
-            t0 = time.perf_counter()
-            classes_out.to_cog(staging.path("classes.tif"), "NEAREST")
-            conf_out.to_cog(staging.path("confidence.tif"), "AVERAGE")
-            times["cog_s"] = time.perf_counter() - t0
-        finally:
-            classes_out.close()
-            conf_out.close()
-
+        conf_out = BlockRaster(work_conf, grid, NODATA, description="confidence %")
         t0 = time.perf_counter()
-        classes, _, _ = read_band(str(work_classes))
-        confidence, _, _ = read_band(str(conf_out.path))
-        keep = [c.value for c in workflow.classes if c.vectorize]
-        polys = vectorize(
-            classes,
-            confidence,
-            grid,
-            keep,
-            nodata=NODATA,
-            sieve_pixels=workflow.cleanup.sieve_pixels,
-            min_area_m2=workflow.cleanup.min_area_m2,
-        )
-        times["vectorize_s"] = time.perf_counter() - t0
+        with dask_client(options.workers, options.scheduler) as client:
+            times["cluster_start_s"] = time.perf_counter() - t0
+            n_workers = len(client.scheduler_info().get("workers", {}))
+            try:
+                counts = _classify(
+                    client,
+                    workflow,
+                    scene,
+                    before,
+                    grid,
+                    tiles,
+                    options,
+                    classes_out,
+                    conf_out,
+                    times,
+                )
+                t0 = time.perf_counter()
+                classes_out.to_cog(staging.path("classes.tif"), "NEAREST")
+                conf_out.to_cog(staging.path("confidence.tif"), "AVERAGE")
+                times["cog_s"] = time.perf_counter() - t0
+            finally:
+                classes_out.close()
+                conf_out.close()
+            t0 = time.perf_counter()
+            polys = _vectorize(
+                client, str(work_classes), str(work_conf), grid, keep, cleanup, options
+            )
+            times["vectorize_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         names = np.array([c.name for c in workflow.classes], dtype=object)
@@ -310,7 +330,7 @@ def run(
             layer=workflow.name,
             geometry=polys.geometry,
             fields={
-                "instance_id": np.arange(1, n + 1, dtype=np.int64),
+                "instance_id": polys.instance_id,
                 "class": polys.class_value.astype(np.int32),
                 "class_name": names[polys.class_value] if n else np.empty(0, dtype=object),
                 "area_m2": polys.area_m2,
@@ -326,7 +346,6 @@ def run(
         )
         times["polygons_s"] = time.perf_counter() - t0
 
-        counts = np.bincount(classes.ravel(), minlength=256)
         pixel_area = _pixel_area_m2(grid)
         summary: dict[str, Any] = {
             "run_id": run_id,
@@ -385,7 +404,7 @@ def _pixel_area_m2(grid: Grid) -> float:
 
 
 def _classify(
-    model: SegmentationModel,
+    client: Any,
     workflow: Workflow,
     scene: Scene,
     before: Scene | None,
@@ -395,47 +414,102 @@ def _classify(
     classes_out: BlockRaster,
     conf_out: BlockRaster,
     times: dict[str, float],
-) -> int:
-    """Classify every block on Dask, writing each result as it arrives; return the worker count."""
+) -> np.ndarray:
+    """Classify every block on Dask, writing each result as it arrives; return class counts."""
     t0 = time.perf_counter()
-    with dask_client(options.workers, options.scheduler) as client:
-        name = plugin_name(workflow)
-        client.register_plugin(ModelPlugin(workflow.model, workflow.classes), name=name)
-        times["cluster_start_s"] = time.perf_counter() - t0
-        n_workers = len(client.scheduler_info().get("workers", {}))
-        t0 = time.perf_counter()
-        groups = batches(tiles, getattr(workflow.model, "batch_size", 1))
-        futures = [
-            client.submit(
-                _blocks_task,
-                name,
-                scene,
-                before,
-                grid,
-                group,
-                workflow.halo,
-                key=f"geoseg-blocks-{name}-{scene.id}-{group[0].key}-n{len(group)}"
-                f"-h{workflow.halo}-{uuid.uuid4().hex[:6]}",
-                pure=False,
-            )
-            for group in groups
-        ]
-        bar = tqdm(
-            total=len(tiles),
-            desc=f"{workflow.name} {scene.id}",
-            unit="block",
-            disable=not options.progress,
-            leave=False,
+    name = plugin_name(workflow)
+    client.register_plugin(ModelPlugin(workflow.model, workflow.classes), name=name)
+    times["model_setup_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    counts = np.zeros(256, dtype=np.int64)
+    groups = batches(tiles, getattr(workflow.model, "batch_size", 1))
+    futures = [
+        client.submit(
+            _blocks_task,
+            name,
+            scene,
+            before,
+            grid,
+            group,
+            workflow.halo,
+            key=f"geoseg-blocks-{name}-{scene.id}-{group[0].key}-n{len(group)}"
+            f"-h{workflow.halo}-{uuid.uuid4().hex[:6]}",
+            pure=False,
         )
-        try:
-            for future in as_completed(futures):
-                for block, classes, confidence in future.result():
-                    classes_out.write(block, classes)
-                    conf_out.write(block, confidence)
-                    bar.update()
-                future.release()
-        finally:
-            bar.close()
-            client.cancel(futures)
-        times["tiles_s"] = time.perf_counter() - t0
-    return n_workers
+        for group in groups
+    ]
+    bar = tqdm(
+        total=len(tiles),
+        desc=f"{workflow.name} {scene.id}",
+        unit="block",
+        disable=not options.progress,
+        leave=False,
+    )
+    try:
+        for future in as_completed(futures):
+            for block, classes, confidence in future.result():
+                classes_out.write(block, classes)
+                conf_out.write(block, confidence)
+                counts += np.bincount(classes.ravel(), minlength=256)
+                bar.update()
+            future.release()
+    finally:
+        bar.close()
+        client.cancel(futures)
+    times["tiles_s"] = time.perf_counter() - t0
+    return counts
+
+
+def _vectorize_task(
+    classes_path: str,
+    confidence_path: str,
+    grid: Grid,
+    block: Block,
+    keep: tuple[int, ...],
+    cleanup: Cleanup,
+) -> BlockPolygons:
+    read, _ = tile_window(grid, block, sieve_halo(cleanup))
+    classes = read_band_window(classes_path, read)
+    confidence = read_band_window(confidence_path, block.window)
+    cleaned = clean_window(classes, read, block, cleanup, NODATA)
+    return polygonize_block(cleaned, confidence, block, grid.width, keep)
+
+
+def _vectorize(
+    client: Any,
+    classes_path: str,
+    confidence_path: str,
+    grid: Grid,
+    keep: tuple[int, ...],
+    cleanup: Cleanup,
+    options: RunOptions,
+) -> Polygons:
+    """Polygonize the class raster block by block on Dask, then merge across block edges."""
+    parts = blocks(grid, VECTORIZE_BLOCK)
+    futures = [
+        client.submit(
+            _vectorize_task,
+            classes_path,
+            confidence_path,
+            grid,
+            b,
+            keep,
+            cleanup,
+            key=f"geoseg-vectorize-{b.key}-{uuid.uuid4().hex[:6]}",
+            pure=False,
+        )
+        for b in parts
+    ]
+    results = []
+    bar = tqdm(
+        total=len(parts), desc="polygons", unit="block", disable=not options.progress, leave=False
+    )
+    try:
+        for future in as_completed(futures):
+            results.append(future.result())
+            future.release()
+            bar.update()
+    finally:
+        bar.close()
+        client.cancel(futures)
+    return merge_blocks(results, grid, cleanup)

@@ -203,6 +203,12 @@ def raster_grid(path: str) -> Grid:
         return Grid(src.crs.to_wkt(), (t.a, t.b, t.c, t.d, t.e, t.f), src.width, src.height)
 
 
+def read_band_window(path: str, window: Window) -> np.ndarray:
+    """Read band 1 of a raster over ``window`` (inside the raster)."""
+    with _open(path, path) as src:
+        return src.read(1, window=window)
+
+
 def read_band(path: str) -> tuple[np.ndarray, Grid, float | None]:
     """Read band 1 of a (single-band output) raster whole, with its grid and nodata value."""
     with rasterio.open(path) as src:

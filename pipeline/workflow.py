@@ -104,6 +104,12 @@ class CleanupConfig(_Strict):
         default=0, ge=0, description="Merge regions smaller than this into neighbours."
     )
     min_area_m2: float = Field(default=0.0, ge=0, description="Drop polygons smaller than this.")
+    fill_holes_m2: float = Field(
+        default=0.0, ge=0, description="Fill holes smaller than this (m²) that hold no polygon."
+    )
+    simplify_m: float = Field(
+        default=0.0, ge=0, description="Simplify edges by this tolerance (m), keeping them shared."
+    )
 
 
 class Workflow(_Strict):

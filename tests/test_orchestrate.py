@@ -182,7 +182,7 @@ def test_failed_run_leaves_earlier_outputs_intact(synthetic_catalog, forest, tmp
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("pipeline.orchestrate.vectorize", broken)
+    monkeypatch.setattr("pipeline.orchestrate.merge_blocks", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         run(forest, synthetic_catalog, "synth", options=opts)
     after = {p.name: p.read_bytes() for p in good.folder.iterdir()}

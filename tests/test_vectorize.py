@@ -342,3 +342,147 @@ def test_label_regions_nothing_kept() -> None:
     labels = label_regions(np.zeros((4, 4), np.uint8), [1])
     assert labels.dtype == np.int32
     assert not labels.any()
+
+
+# --- block-wise vectorizing equals whole-raster vectorizing ---------------------------------
+
+
+def _spiral(n: int) -> np.ndarray:
+    """A square spiral of class 1 on 0: one region that crosses every block many times."""
+    a = np.zeros((n, n), dtype=np.uint8)
+    top, left, bottom, right = 0, 0, n - 1, n - 1
+    while top <= bottom and left <= right:
+        a[top, left : right + 1] = 1
+        a[top : bottom + 1, right] = 1
+        if bottom - top >= 2:
+            a[bottom, left + 2 : right + 1] = 1
+        if right - left >= 4:
+            a[top + 2 : bottom + 1, left + 2] = 1 if bottom - top >= 4 else a[top + 2, left + 2]
+        top, left, bottom, right = top + 2, left + 2, bottom - 2, right - 2
+        a[top - 1, left - 1] = 0 if top - 1 > 0 else a[top - 1, left - 1]
+    return a
+
+
+def _test_raster(seed: int = 7) -> np.ndarray:
+    """Spirals, rings with islands, diagonal touches, specks, nodata, three classes."""
+    n = 150
+    rng = np.random.default_rng(seed)
+    a = _blobs(n, n, seed, k=3)
+    a[10:70, 10:70] = _spiral(60)
+    yy, xx = np.mgrid[0:n, 0:n]
+    r = np.hypot(yy - 100, xx - 100)
+    a[(r > 15) & (r < 30)] = 2  # a ring crossing block edges...
+    a[r < 6] = 2  # ...with an island in its hole
+    for i in range(0, 40, 2):  # a staircase of diagonal touches
+        a[110 + i, 5 + i] = 1
+        a[110 + i, 6 + i] = 0
+    a[rng.random((n, n)) < 0.01] = 1  # specks for the sieve
+    return a
+
+
+def _reference(classes, confidence, grid, keep):
+    """Independent whole-raster reference: rasterio's shapes over every kept class."""
+    from rasterio import features
+
+    out = []
+    for value in keep:
+        for geom, _ in features.shapes(
+            classes, mask=classes == value, connectivity=4, transform=grid.affine
+        ):
+            out.append((value, shapely.geometry.shape(geom)))
+    return out
+
+
+@pytest.mark.parametrize("block", [7, 16, 33, 64, 150])
+def test_blocks_give_the_whole_raster_result(block: int) -> None:
+    classes = _test_raster()
+    conf = _conf(classes.shape, 3)
+    grid = _utm_grid(*classes.shape)
+    ref = _reference(classes, conf, grid, [1, 2])
+    got = vectorize(classes, conf, grid, [1, 2], nodata=NODATA, block_size=block)
+    assert len(got) == len(ref)
+    ref_areas = sorted((v, round(g.area, 6)) for v, g in ref)
+    got_areas = sorted(
+        (int(v), round(a, 6)) for v, a in zip(got.class_value, got.area_m2, strict=True)
+    )
+    assert got_areas == ref_areas
+    # Each polygon is the same region: equal area and equal shape (symmetric difference empty).
+    ref_geoms = shapely.STRtree([g for _, g in ref])
+    for g, a in zip(got.geometry, got.area_m2, strict=True):
+        hits = ref_geoms.query(g.representative_point(), predicate="intersects")
+        match = [ref[i][1] for i in hits if abs(ref[i][1].area - a) <= 1e-9 * a]
+        assert match and shapely.symmetric_difference(match[0], g).area <= 1e-9 * a
+    assert shapely.is_valid(got.geometry).all()
+
+
+@pytest.mark.parametrize("block", [9, 25, 64])
+def test_sieve_and_ids_do_not_depend_on_block_size(block: int) -> None:
+    classes = _test_raster(11)
+    conf = _conf(classes.shape, 5)
+    grid = _utm_grid(*classes.shape)
+    whole = vectorize(classes, conf, grid, [0, 1, 2], nodata=NODATA, sieve_pixels=6)
+    blocked = vectorize(
+        classes, conf, grid, [0, 1, 2], nodata=NODATA, sieve_pixels=6, block_size=block
+    )
+    assert len(blocked) == len(whole)
+    np.testing.assert_array_equal(blocked.instance_id, whole.instance_id)
+    np.testing.assert_array_equal(blocked.class_value, whole.class_value)
+    np.testing.assert_array_equal(blocked.pixels, whole.pixels)
+    np.testing.assert_allclose(blocked.area_m2, whole.area_m2, rtol=1e-9)
+    np.testing.assert_allclose(blocked.confidence, whole.confidence, rtol=1e-12)
+    np.testing.assert_array_equal(blocked.confidence_max, whole.confidence_max)
+    np.testing.assert_allclose(blocked.perimeter_m, whole.perimeter_m, rtol=1e-9)
+    # No region smaller than the sieve remains (regions touching nodata only may stay).
+    assert (whole.pixels >= 6).mean() > 0.95
+
+
+def test_sieve_rule_majority_of_neighbours() -> None:
+    from pipeline.vectorize import sieve
+
+    a = np.zeros((7, 7), dtype=np.uint8)
+    a[:, 4:] = 2
+    a[3, 3] = 1  # speck: 3 neighbours of class 0, 1 of class 2
+    a[0, 6] = 1  # corner speck: neighbours 2 and 2
+    out = sieve(a, 2, NODATA)
+    assert out[3, 3] == 0 and out[0, 6] == 2
+    assert (out[a != 1] == a[a != 1]).all()
+
+
+def test_hole_filling_and_perimeter() -> None:
+    classes = np.zeros((40, 40), dtype=np.uint8)
+    classes[5:35, 5:35] = 1
+    classes[10:12, 10:12] = 0  # 4 px hole = 400 m²: filled with fill_holes_m2=500
+    classes[20:30, 20:30] = 0  # 100 px hole = 10000 m²: kept
+    classes[24:26, 24:26] = 1  # an island in the big hole: its own polygon
+    conf = _conf(classes.shape)
+    grid = _utm_grid(40, 40)
+    polys = vectorize(classes, conf, grid, [1], nodata=NODATA, fill_holes_m2=500)
+    big = polys.geometry[np.argmax(polys.area_m2)]
+    assert len(big.interiors) == 1 and big.area == pytest.approx((900 - 100) * 100)
+    assert polys.perimeter_m[np.argmax(polys.area_m2)] == pytest.approx(4 * 300 + 4 * 100)
+    # A small hole that holds another polygon is never filled (no overlaps).
+    classes[11, 11] = 1
+    classes[10, 10] = classes[10, 11] = classes[11, 10] = 0
+    classes[10:13, 10:13] = 0
+    classes[11, 11] = 1
+    polys = vectorize(classes, conf, grid, [1], nodata=NODATA, fill_holes_m2=1e9)
+    assert shapely.area(polys.geometry).sum() == pytest.approx((classes == 1).sum() * 100)
+
+
+def test_simplify_keeps_shared_edges() -> None:
+    classes = _blobs(80, 80, 3, k=3)
+    classes[classes == NODATA] = 0
+    conf = _conf(classes.shape)
+    grid = _utm_grid(80, 80)
+    polys = vectorize(classes, conf, grid, [0, 1, 2], nodata=NODATA, simplify_m=15)
+    assert shapely.is_valid(polys.geometry).all()
+    union = shapely.union_all(polys.geometry)
+    # Still a coverage: no overlaps (areas add up to the union) and no gaps inside the grid.
+    assert shapely.area(polys.geometry).sum() == pytest.approx(union.area, rel=1e-9)
+    assert union.area == pytest.approx(80 * 80 * 100, rel=1e-9)
+    assert (
+        shapely.get_num_coordinates(polys.geometry).sum()
+        < shapely.get_num_coordinates(
+            vectorize(classes, conf, grid, [0, 1, 2], nodata=NODATA).geometry
+        ).sum()
+    )

@@ -11,6 +11,7 @@ every output is renamed into place only when all of them are complete.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import platform
@@ -35,8 +36,25 @@ from pipeline.grid import Block, Grid, blocks, tile_window
 from pipeline.inference import NODATA, batches, process_blocks
 from pipeline.models import SegmentationModel, build_model
 from pipeline.models.card import ModelCard, check_resolution, check_values, metres_per_unit
-from pipeline.publish import BlockRaster, Staging, write_json, write_polygons
-from pipeline.reading import check_compatible, read_band_window, read_window, scene_grid
+from pipeline.preview import overview_shape, preview_bands, render_preview
+from pipeline.publish import (
+    BlockRaster,
+    Staging,
+    category_style_qml,
+    write_attributes,
+    write_bytes,
+    write_json,
+    write_polygons,
+)
+from pipeline.reading import (
+    check_compatible,
+    file_sha256,
+    read_band_overview,
+    read_band_window,
+    read_overview,
+    read_window,
+    scene_grid,
+)
 from pipeline.vectorize import (
     BlockPolygons,
     Cleanup,
@@ -51,7 +69,7 @@ from pipeline.workflow import ClassDef, ModelConfig, Workflow
 log = logging.getLogger(__name__)
 
 #: Edge of the blocks the class raster is polygonized in (bounds memory per task).
-VECTORIZE_BLOCK = 1024
+VECTORIZE_BLOCK = 2048
 
 
 @dataclass(frozen=True)
@@ -322,34 +340,66 @@ def run(
             times["vectorize_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        names = np.array([c.name for c in workflow.classes], dtype=object)
-        n = len(polys)
-        acquired = scene.acquired.isoformat() if scene.acquired else None
+        created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        version_of_model = model_version(workflow.model)
+        shown = [c for c in workflow.classes if c.vectorize]
+        gpkg = staging.path("polygons.gpkg")
         write_polygons(
-            staging.path("polygons.gpkg"),
+            gpkg,
             layer=workflow.name,
             geometry=polys.geometry,
-            fields={
-                "instance_id": polys.instance_id,
-                "class": polys.class_value.astype(np.int32),
-                "class_name": names[polys.class_value] if n else np.empty(0, dtype=object),
-                "area_m2": polys.area_m2,
-                "pixels": polys.pixels,
-                "confidence": polys.confidence,
-                "scene": np.full(n, scene.id, dtype=object),
-                "acquired": np.full(n, acquired, dtype=object),
-                "model": np.full(n, model.model_id, dtype=object),
-                "run_id": np.full(n, run_id, dtype=object),
-            },
+            fields=_polygon_fields(
+                polys, workflow, scene, model.model_id, version_of_model, run_id
+            ),
             crs_wkt=grid.crs_wkt,
             description=f"{workflow.name} polygons of scene {scene.id} by {model.model_id}",
+            style_qml=category_style_qml("class", shown),
+        )
+        write_attributes(
+            gpkg,
+            "runs",
+            {
+                "run_id": run_id,
+                "created": created,
+                "workflow": workflow.name,
+                "scene": scene.id,
+                "before": before.id if before else None,
+                "model": model.model_id,
+                "model_version": version_of_model,
+                "catalog": str(catalog.path),
+                "geoseg_version": __version__,
+                "config": json.dumps(
+                    {
+                        "workflow": workflow.model_dump(mode="json"),
+                        "scene": _scene_info(scene),
+                        "before": _scene_info(before),
+                    }
+                ),
+            },
+            description="Provenance of the geoseg run that wrote this GeoPackage",
         )
         times["polygons_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        write_bytes(
+            staging.path("preview.png"),
+            _preview(
+                workflow,
+                scene,
+                grid,
+                model.bands,
+                str(staging.path("classes.tif")),
+                polys,
+                subtitle=f"{workflow.name} · model {model.model_id} ({version_of_model})"
+                f" · run {run_id}",
+            ),
+        )
+        times["preview_s"] = time.perf_counter() - t0
 
         pixel_area = _pixel_area_m2(grid)
         summary: dict[str, Any] = {
             "run_id": run_id,
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "created": created,
             "workflow": workflow.model_dump(mode="json"),
             "scene": _scene_info(scene),
             "before": _scene_info(before),
@@ -361,6 +411,7 @@ def run(
                 "height": grid.height,
             },
             "model": model.model_id,
+            "model_version": version_of_model,
             "execution": {
                 "scheduler": options.scheduler or "local",
                 "workers": n_workers,
@@ -378,7 +429,7 @@ def run(
                     }
                     for c in workflow.classes
                 },
-                "polygons": n,
+                "polygons": len(polys),
             },
             "versions": _versions(),
             "times": times,
@@ -387,6 +438,88 @@ def run(
         write_json(staging.path("run.json"), summary)
         files = staging.commit()
     return RunResult(folder=folder, files=files, summary=summary)
+
+
+def model_version(config: ModelConfig) -> str:
+    """A short stable digest (12 hex) of a model: its configuration, and a checkpoint's bytes.
+
+    The checkpoint enters by content (SHA-256), not by path, so the same model gets the same
+    version wherever its file lies, and retraining into the same file gets a new one.
+    """
+    import hashlib
+
+    data = config.model_dump(mode="json")
+    checkpoint = data.pop("checkpoint", None)
+    if checkpoint:
+        data["checkpoint_sha256"] = file_sha256(checkpoint)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _polygon_fields(
+    polys: Polygons,
+    workflow: Workflow,
+    scene: Scene,
+    model_id: str,
+    version_of_model: str,
+    run_id: str,
+) -> dict[str, np.ndarray]:
+    """The GeoPackage fields of ``polys``, in the order the README documents."""
+    names = np.array([c.name for c in workflow.classes], dtype=object)
+    n = len(polys)
+    acquired = scene.acquired.isoformat() if scene.acquired else None
+    return {
+        "instance_id": polys.instance_id.astype(np.int64),
+        "class": polys.class_value.astype(np.int32),
+        "class_name": names[polys.class_value] if n else np.empty(0, dtype=object),
+        "area_m2": polys.area_m2,
+        "perimeter_m": polys.perimeter_m,
+        "pixels": polys.pixels,
+        "confidence": polys.confidence,
+        "confidence_max": polys.confidence_max.astype(np.uint8),
+        "scene": np.full(n, scene.id, dtype=object),
+        "acquired": np.full(n, acquired, dtype=object),
+        "model": np.full(n, model_id, dtype=object),
+        "model_version": np.full(n, version_of_model, dtype=object),
+        "run_id": np.full(n, run_id, dtype=object),
+    }
+
+
+def _preview(
+    workflow: Workflow,
+    scene: Scene,
+    grid: Grid,
+    model_bands: tuple[str, ...],
+    classes_path: str,
+    polys: Polygons,
+    subtitle: str,
+) -> bytes:
+    """Render ``preview.png`` from decimated reads of the scene and of the class raster."""
+    shape = overview_shape(grid)
+    image, valid = read_overview(scene, preview_bands(scene.band_names, model_bands), grid, shape)
+    classes = read_band_overview(classes_path, shape)
+    labels = {}
+    for c in workflow.classes:
+        mine = polys.class_value == c.value
+        labels[c.value] = (
+            f"{c.name}\n{int(mine.sum()):,} polygons · {_format_area(polys.area_m2[mine].sum())}"
+        )
+    return render_preview(
+        image,
+        valid,
+        classes,
+        workflow.classes,
+        grid,
+        scene.id,
+        scene.acquired,
+        subtitle=subtitle,
+        labels=labels,
+    )
+
+
+def _format_area(m2: float) -> str:
+    if m2 >= 1e6:
+        return f"{m2 / 1e6:,.2f} km²"
+    return f"{m2 / 1e4:,.2f} ha"
 
 
 def _pixel_area_m2(grid: Grid) -> float:

@@ -1,15 +1,23 @@
-"""Writing a run's outputs: Cloud-Optimized GeoTIFFs, the GeoPackage and ``run.json``.
+"""Writing a run's outputs: Cloud-Optimized GeoTIFFs, the GeoPackage, ``preview.png``, ``run.json``.
 
 With :mod:`pipeline.reading`, the only module that touches paths. Every output is written under
 a hidden temporary name in its final folder and renamed only when the whole run has succeeded
 (:class:`Staging`), so a failed run never leaves a half-written file where a good one was.
+
+The GeoPackage is written for the QGIS analysts actually run, Debian 12's QGIS 3.22 on GDAL 3.6:
+GeoPackage version :data:`GPKG_VERSION`, a QML style per polygon layer in the ``layer_styles``
+table that QGIS applies on open (:func:`category_style_qml`), and a ``runs`` attribute table
+with the run's provenance (:func:`write_attributes`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,6 +30,11 @@ import shapely
 from rasterio.crs import CRS
 
 from pipeline.grid import Block, Grid
+from pipeline.workflow import ClassDef
+
+#: GeoPackage version written. GDAL ≥ 3.8 writes 1.4 by default, which GDAL 3.6 (Debian 12,
+#: under QGIS 3.22) opens with a warning that it "may only be partially supported".
+GPKG_VERSION = "1.2"
 
 
 class Staging:
@@ -141,8 +154,13 @@ def write_polygons(
     fields: dict[str, np.ndarray],
     crs_wkt: str,
     description: str = "",
+    style_qml: str | None = None,
 ) -> None:
-    """Write polygons and their attribute columns to a GeoPackage layer (with spatial index)."""
+    """Write polygons and their attributes to a GeoPackage layer (with spatial index and style).
+
+    A new file is a GeoPackage :data:`GPKG_VERSION`; an existing one gains the layer.
+    ``style_qml`` (see :func:`category_style_qml`) becomes the layer's default QGIS style.
+    """
     layer_options = {"SPATIAL_INDEX": "YES"}
     if description:
         layer_options["DESCRIPTION"] = description
@@ -155,8 +173,143 @@ def write_polygons(
         driver="GPKG",
         geometry_type="Polygon",
         crs=crs_wkt,
+        dataset_options={"VERSION": GPKG_VERSION},
         layer_options=layer_options,
     )
+    if style_qml is not None:
+        write_layer_style(path, layer, style_qml, description=description)
+
+
+def write_attributes(
+    path: Path, layer: str, row: Mapping[str, str | None], description: str = ""
+) -> None:
+    """Append one row of text fields to a non-spatial table of a GeoPackage (made if missing).
+
+    The table is registered in ``gpkg_contents`` as ``attributes``, so GDAL and QGIS list it.
+    """
+    _write_table(
+        path,
+        layer,
+        {name: np.array([value], dtype=object) for name, value in row.items()},
+        description=description,
+    )
+
+
+def write_layer_style(
+    path: Path, layer: str, qml: str, name: str = "", description: str = ""
+) -> None:
+    """Store ``qml`` as the default style of ``layer`` in the GeoPackage's ``layer_styles`` table.
+
+    The table has the schema QGIS creates when it saves a style into a GeoPackage (its ``FID``
+    is ``id``); QGIS looks rows up by ``f_table_schema = ''``, table and geometry column.
+    """
+    geometry_column = pyogrio.read_info(str(path), layer=layer)["geometry_name"]
+    row: dict[str, np.ndarray] = {
+        "f_table_catalog": np.array([""], dtype=object),
+        "f_table_schema": np.array([""], dtype=object),
+        "f_table_name": np.array([layer], dtype=object),
+        "f_geometry_column": np.array([geometry_column], dtype=object),
+        "styleName": np.array([name or layer], dtype=object),
+        "styleQML": np.array([qml], dtype=object),
+        "styleSLD": np.array([""], dtype=object),
+        "useAsDefault": np.array([True]),
+        "description": np.array([description], dtype=object),
+        "owner": np.array([""], dtype=object),
+        "ui": np.array([None], dtype=object),
+        "update_time": np.array(
+            [np.datetime64(dt.datetime.now(dt.UTC).replace(tzinfo=None), "ms")]
+        ),
+    }
+    _write_table(path, "layer_styles", row, fid="id")
+
+
+def _write_table(
+    path: Path, layer: str, fields: dict[str, np.ndarray], description: str = "", fid: str = ""
+) -> None:
+    exists = path.exists() and layer in pyogrio.list_layers(str(path))[:, 0]
+    layer_options = {}
+    if description:
+        layer_options["DESCRIPTION"] = description
+    if fid:
+        layer_options["FID"] = fid
+    pyogrio.raw.write(
+        str(path),
+        geometry=None,
+        field_data=list(fields.values()),
+        fields=list(fields),
+        layer=layer,
+        driver="GPKG",
+        geometry_type=None,
+        append=exists,
+        dataset_options={"VERSION": GPKG_VERSION},
+        layer_options=None if exists else layer_options,
+    )
+
+
+def category_style_qml(field: str, classes: Sequence[ClassDef], outline_mm: float = 0.2) -> str:
+    """A QGIS style (QML) for polygons: one category per class on ``field``, labels off.
+
+    Each category fills with the class colour, is labelled with the class name and outlined
+    in a darker shade of it, so neighbouring polygons of one class stay distinguishable.
+    """
+    root = ET.Element(
+        "qgis",
+        {"version": "3.22.0", "labelsEnabled": "0", "styleCategories": "Symbology|Labeling"},
+    )
+    renderer = ET.SubElement(
+        root,
+        "renderer-v2",
+        {
+            "type": "categorizedSymbol",
+            "attr": field,
+            "symbollevels": "0",
+            "enableorderby": "0",
+            "forceraster": "0",
+            "referencescale": "-1",
+        },
+    )
+    categories = ET.SubElement(renderer, "categories")
+    symbols = ET.SubElement(renderer, "symbols")
+    for i, c in enumerate(classes):
+        ET.SubElement(
+            categories,
+            "category",
+            {"value": str(c.value), "symbol": str(i), "label": c.name, "render": "true"},
+        )
+        symbol = ET.SubElement(
+            symbols,
+            "symbol",
+            {"type": "fill", "name": str(i), "alpha": "1", "clip_to_extent": "1", "force_rhr": "0"},
+        )
+        sym_layer = ET.SubElement(
+            symbol, "layer", {"class": "SimpleFill", "enabled": "1", "locked": "0", "pass": "0"}
+        )
+        r, g, b = c.rgb
+        props = {
+            "color": f"{r},{g},{b},255",
+            "style": "solid",
+            "outline_color": ",".join(str(int(v * 0.6)) for v in (r, g, b)) + ",255",
+            "outline_style": "solid",
+            "outline_width": f"{outline_mm:g}",
+            "outline_width_unit": "MM",
+            "joinstyle": "bevel",
+        }
+        # QGIS 3.22 writes properties twice, as an Option map (newer readers) and as <prop>
+        # elements (older readers); doing the same keeps the style readable by both.
+        options = ET.SubElement(sym_layer, "Option", {"type": "Map"})
+        for k, v in props.items():
+            ET.SubElement(options, "Option", {"type": "QString", "name": k, "value": v})
+        for k, v in props.items():
+            ET.SubElement(sym_layer, "prop", {"k": k, "v": v})
+    ET.SubElement(root, "layerGeometryType").text = "2"  # polygons
+    ET.indent(root)
+    doctype = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+    return doctype + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` (an encoded image such as ``preview.png``) to ``path``."""
+    path.write_bytes(data)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

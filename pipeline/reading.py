@@ -296,3 +296,96 @@ def _rasterize_polygons(path: str, grid: Grid, window: Window, field: str) -> np
         fill=0,
         dtype="uint8",
     )
+
+
+def read_overview(
+    scene: Scene, bands: tuple[str, ...], grid: Grid, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``bands`` of ``scene`` over the whole of ``grid``, decimated to ``shape`` (h, w).
+
+    For quick looks: each file is read once with a decimated read (``out_shape``, averaging,
+    from the file's overviews where it has them), so the full-resolution scene is never held.
+    Returns ``(data, valid)`` like :func:`read_window`: float32 ``[len(bands), h, w]``
+    reflectance and a boolean ``[h, w]``.
+    """
+    from rasterio.enums import Resampling
+
+    h, w = shape
+    data = np.zeros((len(bands), h, w), dtype=np.float32)
+    valid = np.ones((h, w), dtype=bool)
+    left, bottom, right, top = grid.bounds
+    grid_crs = CRS.from_wkt(grid.crs_wkt)
+    by_path: dict[str, list[tuple[int, BandSource]]] = defaultdict(list)
+    for i, name in enumerate(bands):
+        src_band = scene.band(name)
+        by_path[src_band.path].append((i, src_band))
+    for path, members in by_path.items():
+        with _open(path, scene.id) as src:
+            if src.crs != grid_crs:
+                raise SceneError(
+                    f"scene {scene.id!r}: {path} is in {src.crs}, the run's grid in {grid_crs}; "
+                    "reproject it to the grid's CRS"
+                )
+            indexes = [b.index for _, b in members]
+            if max(indexes) > src.count:
+                raise SceneError(
+                    f"scene {scene.id!r}: {path} has {src.count} bands but band "
+                    f"{max(indexes)} is listed; list one name per band, in file order"
+                )
+            # The grid's extent in the file's pixel coordinates, and the part the file covers.
+            inv = ~src.transform
+            ca, ra = inv @ (left, top)
+            cb, rb = inv @ (right, bottom)
+            c_lo, c_hi, r_lo, r_hi = min(ca, cb), max(ca, cb), min(ra, rb), max(ra, rb)
+            sc0, sc1 = max(c_lo, 0.0), min(c_hi, float(src.width))
+            sr0, sr1 = max(r_lo, 0.0), min(r_hi, float(src.height))
+            oc0 = round((sc0 - c_lo) / (c_hi - c_lo) * w)
+            oc1 = round((sc1 - c_lo) / (c_hi - c_lo) * w)
+            or0 = round((sr0 - r_lo) / (r_hi - r_lo) * h)
+            or1 = round((sr1 - r_lo) / (r_hi - r_lo) * h)
+            inside = np.zeros((h, w), dtype=bool)
+            if oc1 <= oc0 or or1 <= or0:
+                valid &= inside
+                continue
+            inside[or0:or1, oc0:oc1] = True
+            valid &= inside
+            block = src.read(
+                indexes,
+                window=Window(sc0, sr0, sc1 - sc0, sr1 - sr0),
+                out_shape=(len(indexes), or1 - or0, oc1 - oc0),
+                resampling=Resampling.average,
+            )
+            for k, (i, b) in enumerate(members):
+                values = block[k]
+                nodata = scene.nodata if scene.nodata is not None else src.nodatavals[b.index - 1]
+                ok = (
+                    np.isfinite(values) if values.dtype.kind == "f" else np.ones(values.shape, bool)
+                )
+                if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+                    ok &= values != nodata
+                valid[or0:or1, oc0:oc1] &= ok
+                data[i, or0:or1, oc0:oc1] = values.astype(np.float32) * np.float32(
+                    scene.scale
+                ) + np.float32(scene.offset)
+    data[:, ~valid] = 0.0
+    return data, valid
+
+
+def read_band_overview(path: str, shape: tuple[int, int]) -> np.ndarray:
+    """Read band 1 of a raster whole, decimated to ``shape`` (h, w) by nearest neighbour.
+
+    Nearest keeps class values exact; a COG's overviews make the read cheap.
+    """
+    with _open(path, path) as src:
+        return src.read(1, out_shape=shape)
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes, read in chunks, as hex."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,44 @@ def synthetic_catalog(tmp_path: Path) -> Catalog:
         },
     )
     return load_catalog(path)
+
+
+@dataclass(frozen=True)
+class CliRun:
+    """A finished ``geoseg run`` through the real command: the process and its output folder."""
+
+    proc: subprocess.CompletedProcess[str]
+    folder: Path
+
+
+def _geoseg_run(out: Path, workflow: str, scene: str, *args: str) -> CliRun:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", workflow, "--scene", scene, "--out", str(out)]
+        + list(args),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    return CliRun(proc, out / workflow / scene)
+
+
+@pytest.fixture(scope="session")
+def virginia_forest_run(tmp_path_factory: pytest.TempPathFactory) -> CliRun:
+    """``geoseg run forest --scene s2-virginia``, once per session (tests only read it)."""
+    return _geoseg_run(tmp_path_factory.mktemp("virginia"), "forest", "s2-virginia")
+
+
+@pytest.fixture(scope="session")
+def hurst_fire_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> CliRun:
+    """``geoseg run fire`` on the Hurst pre/post pair in 100-pixel tiles, once per session."""
+    return _geoseg_run(
+        tmp_path_factory.mktemp("hurst"),
+        "fire",
+        "hurst-post",
+        "--before",
+        "hurst-pre",
+        "--tile-size",
+        "100",
+    )

@@ -161,22 +161,21 @@ def test_unreachable_scheduler_is_a_user_error(tmp_path, shared_data, capsys):
 
 
 @pytest.mark.slow
-def test_forest_on_virginia_end_to_end(tmp_path):
+def test_forest_on_virginia_end_to_end(virginia_forest_run):
     """The main job: forest workflow on the embedded Sentinel-2 L1C scene of Virginia.
 
     Expected forest area, 20–40 km²: the scene is 19.3 × 19.5 km (376 km²), of which about
     57 % is open water (NDWI > 0: Atlantic, bays and marsh channels), leaving about 160 km² of
     land, mostly cropland with woodlots and forested wetland. The Slovenia-validated rule
-    (NDVI ≥ 0.55, SWIR16 ≤ 0.15) marks about 31 km² of it at pixel level, 28.9 km² after the
+    (NDVI ≥ 0.55, SWIR16 ≤ 0.15) marks about 31 km² of it at pixel level, 30.3 km² after the
     workflow's sieve and minimum mapping unit: 18–20 % of the land. A wrong band order, a
     missing scale, or a misregistered 20 m band moves the figure far outside the range (no
     forest at all, or most green fields as forest).
     """
-    proc = geoseg("run", "forest", "--scene", "s2-virginia", "--out", str(tmp_path))
+    proc, folder = virginia_forest_run.proc, virginia_forest_run.folder
     assert proc.returncode == 0, proc.stderr
-    folder = tmp_path / "forest" / "s2-virginia"
     assert str(folder) in proc.stdout
-    for name in ("classes.tif", "confidence.tif", "polygons.gpkg", "run.json"):
+    for name in ("classes.tif", "confidence.tif", "polygons.gpkg", "preview.png", "run.json"):
         assert (folder / name).is_file()
     assert not list(folder.glob(".*"))  # no temporary files left
 
@@ -196,6 +195,21 @@ def test_forest_on_virginia_end_to_end(tmp_path):
     assert shapely.within(polys, scene_box).all()
     assert shapely.is_valid(polys).all()
     names = list(info["fields"])
+    assert names == [
+        "instance_id",
+        "class",
+        "class_name",
+        "area_m2",
+        "perimeter_m",
+        "pixels",
+        "confidence",
+        "confidence_max",
+        "scene",
+        "acquired",
+        "model",
+        "model_version",
+        "run_id",
+    ]
     area = fields[names.index("area_m2")]
     np.testing.assert_allclose(area, shapely.area(polys), rtol=1e-9)
     assert 20e6 <= area.sum() <= 40e6
@@ -208,26 +222,15 @@ def test_forest_on_virginia_end_to_end(tmp_path):
     summary = json.loads((folder / "run.json").read_text())
     assert len(set(fields[names.index("run_id")])) == 1
     assert fields[names.index("run_id")][0] == summary["run_id"]
+    assert set(fields[names.index("model_version")]) == {summary["model_version"]}
     assert summary["counts"]["polygons"] == len(polys)
 
 
 @pytest.mark.slow
-def test_fire_on_hurst_matches_the_perimeter(shared_data, tmp_path):
+def test_fire_on_hurst_matches_the_perimeter(shared_data, hurst_fire_run):
     """Burned (dNBR ≥ 0.1, low severity and above) against the CAL FIRE perimeter: IoU ≥ 0.6."""
-    proc = geoseg(
-        "run",
-        "fire",
-        "--scene",
-        "hurst-post",
-        "--before",
-        "hurst-pre",
-        "--out",
-        str(tmp_path),
-        "--tile-size",
-        "100",
-    )
+    proc, folder = hurst_fire_run.proc, hurst_fire_run.folder
     assert proc.returncode == 0, proc.stderr
-    folder = tmp_path / "fire" / "hurst-post"
     with rasterio.open(folder / "classes.tif") as src:
         classes = src.read(1)
         assert src.crs.to_epsg() == 4326

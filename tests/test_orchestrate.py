@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import numpy as np
 import pyogrio
@@ -8,6 +9,7 @@ import pytest
 import rasterio
 import shapely
 import torch
+from PIL import Image
 
 from pipeline.catalog import Catalog, load_catalog
 from pipeline.errors import ConfigError, ModelError, SceneError
@@ -19,6 +21,7 @@ from pipeline.orchestrate import (
     RunOptions,
     _blocks_task,
     dask_client,
+    model_version,
     plan,
     plugin_name,
     run,
@@ -135,7 +138,13 @@ def test_run_writes_every_output_tile_size_independent(synthetic_catalog, forest
         )
         assert res.folder == tmp_path / f"t{tile}" / "forest" / "synth"
         names = sorted(p.name for p in res.folder.iterdir())
-        assert names == ["classes.tif", "confidence.tif", "polygons.gpkg", "run.json"]
+        assert names == [
+            "classes.tif",
+            "confidence.tif",
+            "polygons.gpkg",
+            "preview.png",
+            "run.json",
+        ]
         outs[tile] = res
         with rasterio.open(res.folder / "classes.tif") as src:
             assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
@@ -172,6 +181,53 @@ def test_run_writes_every_output_tile_size_independent(synthetic_catalog, forest
         summary["times"]
     )
     assert {"torch", "torchgeo", "rasterio", "gdal", "dask"} <= set(summary["versions"])
+    assert "preview_s" in summary["times"]
+
+    # The GeoPackage carries the workflow's style and the run's provenance.
+    gpkg = folder / "polygons.gpkg"
+    assert summary["model_version"] == model_version(forest.model)
+    _, _, _, values = pyogrio.raw.read(gpkg, layer="forest", columns=["model_version"])
+    assert set(values[0]) == {summary["model_version"]}
+    meta, _, _, values = pyogrio.raw.read(gpkg, layer="runs")
+    row = {name: v[0] for name, v in zip(meta["fields"], values, strict=True)}
+    assert row == {
+        "run_id": summary["run_id"],
+        "created": summary["created"],
+        "workflow": "forest",
+        "scene": "synth",
+        "before": None,
+        "model": summary["model"],
+        "model_version": summary["model_version"],
+        "catalog": str(synthetic_catalog.path),
+        "geoseg_version": summary["versions"]["geoseg"],
+        "config": row["config"],
+    }
+    config = json.loads(row["config"])
+    assert config["workflow"] == summary["workflow"] and config["scene"] == summary["scene"]
+    with sqlite3.connect(gpkg) as db:
+        styles = db.execute("select f_table_name, useAsDefault, styleQML from layer_styles")
+        assert [(t, d) for t, d, _ in styles.fetchall()] == [("forest", 1)]
+    png = Image.open(folder / "preview.png")
+    assert png.format == "PNG" and 640 <= png.width <= 1400
+
+
+def test_model_version_is_a_stable_digest_of_config_and_checkpoint(forest, tmp_path):
+    version = model_version(forest.model)
+    assert len(version) == 12 and int(version, 16) >= 0
+    assert model_version(load_workflow("forest").model) == version  # stable
+    params = {**forest.model.params, "ndvi_min": 0.6}
+    assert model_version(forest.model.model_copy(update={"params": params})) != version
+
+    from pipeline.workflow import TorchGeoModelConfig
+
+    a, b = tmp_path / "a.ckpt", tmp_path / "b.ckpt"
+    a.write_bytes(b"weights-1")
+    b.write_bytes(b"weights-1")
+    config = TorchGeoModelConfig(kind="torchgeo", checkpoint=str(a), bands=("red", "nir"))
+    moved = config.model_copy(update={"checkpoint": str(b)})
+    assert model_version(config) == model_version(moved)  # same bytes, another path
+    b.write_bytes(b"weights-2")
+    assert model_version(config) != model_version(moved)  # retrained
 
 
 def test_failed_run_leaves_earlier_outputs_intact(synthetic_catalog, forest, tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,18 @@ import shapely
 from rasterio.crs import CRS
 
 from pipeline.grid import Block, Grid, blocks
-from pipeline.publish import BlockRaster, Staging, write_json, write_polygons
+from pipeline.publish import (
+    GPKG_VERSION,
+    BlockRaster,
+    Staging,
+    category_style_qml,
+    write_attributes,
+    write_bytes,
+    write_json,
+    write_layer_style,
+    write_polygons,
+)
+from pipeline.workflow import ClassDef, load_workflow
 from tests.data import ORIGIN, UTM18
 
 NODATA = 255
@@ -255,6 +267,151 @@ def test_write_polygons_through_staging(tmp_path: Path) -> None:
         staging.commit()
     assert _listing(folder) == {"polygons.gpkg"}
     assert pyogrio.read_info(folder / "polygons.gpkg", layer="mining")["features"] == 1
+
+
+# --- GeoPackage for QGIS: version, styles, provenance -----------------------------------------
+
+
+def _gpkg_version(path: Path) -> tuple[int, int]:
+    with sqlite3.connect(path) as db:
+        return (
+            db.execute("PRAGMA application_id").fetchone()[0],
+            db.execute("PRAGMA user_version").fetchone()[0],
+        )
+
+
+def _contents(path: Path) -> dict[str, tuple[str, str]]:
+    with sqlite3.connect(path) as db:
+        rows = db.execute("select table_name, data_type, description from gpkg_contents")
+        return {name: (kind, desc) for name, kind, desc in rows}
+
+
+def _fire_classes() -> list[ClassDef]:
+    return [c for c in load_workflow("fire").classes if c.vectorize]
+
+
+def _styled_gpkg(path: Path) -> Path:
+    x0, y0 = ORIGIN
+    geometry = np.array([shapely.box(x0 + 20 * i, y0 - 10, x0 + 20 * i + 10, y0) for i in range(4)])
+    fields = {"class": np.array([3, 4, 5, 6], dtype=np.int32)}
+    qml = category_style_qml("class", _fire_classes())
+    crs = CRS.from_string(UTM18).to_wkt()
+    write_polygons(path, "fire", geometry, fields, crs, "fire polygons", style_qml=qml)
+    return path
+
+
+def test_geopackage_version_is_one_qgis_322_reads(tmp_path: Path) -> None:
+    # GDAL 3.6 (Debian 12's QGIS 3.22) reads 1.0–1.3 fully; 1.4, GDAL 3.12's default, partially.
+    assert GPKG_VERSION == "1.2"
+    path = _styled_gpkg(tmp_path / "polygons.gpkg")
+    write_attributes(path, "runs", {"run_id": "r1"})
+    assert _gpkg_version(path) == (0x47504B47, 10200)  # 'GPKG', 1.2.0
+    # The spatial index and the layer description survive the version choice.
+    with sqlite3.connect(path) as db:
+        tables = {r[0] for r in db.execute("select name from sqlite_master")}
+    assert "rtree_fire_geom" in tables
+    assert _contents(path)["fire"] == ("features", "fire polygons")
+
+
+def test_category_style_qml_has_one_category_per_class() -> None:
+    classes = _fire_classes()
+    qml = category_style_qml("class", classes)
+    assert qml.startswith("<!DOCTYPE qgis")
+    root = ET.fromstring(qml)
+    assert root.tag == "qgis" and root.get("labelsEnabled") == "0"
+    renderer = root.find("renderer-v2")
+    assert renderer is not None
+    assert renderer.get("type") == "categorizedSymbol" and renderer.get("attr") == "class"
+    categories = renderer.findall("categories/category")
+    assert [(c.get("value"), c.get("label")) for c in categories] == [
+        (str(c.value), c.name) for c in classes
+    ]
+    symbols = {s.get("name"): s for s in renderer.findall("symbols/symbol")}
+    for category, cls in zip(categories, classes, strict=True):
+        symbol = symbols[category.get("symbol")]
+        assert symbol.get("type") == "fill"
+        layer = symbol.find("layer")
+        assert layer is not None and layer.get("class") == "SimpleFill"
+        rgba = f"{cls.rgb[0]},{cls.rgb[1]},{cls.rgb[2]},255"
+        props = {p.get("k"): p.get("v") for p in layer.findall("prop")}
+        options = {o.get("name"): o.get("value") for o in layer.findall("Option/Option")}
+        assert props["color"] == options["color"] == rgba
+        assert props["style"] == "solid"
+
+
+def test_layer_style_is_stored_for_qgis(tmp_path: Path) -> None:
+    path = _styled_gpkg(tmp_path / "polygons.gpkg")
+    assert _contents(path)["layer_styles"][0] == "attributes"
+    with sqlite3.connect(path) as db:
+        db.row_factory = sqlite3.Row
+        columns = [r[1] for r in db.execute("PRAGMA table_info(layer_styles)")]
+        rows = [dict(r) for r in db.execute("select * from layer_styles")]
+    assert columns == [
+        "id",
+        "f_table_catalog",
+        "f_table_schema",
+        "f_table_name",
+        "f_geometry_column",
+        "styleName",
+        "styleQML",
+        "styleSLD",
+        "useAsDefault",
+        "description",
+        "owner",
+        "ui",
+        "update_time",
+    ]
+    assert len(rows) == 1
+    row = rows[0]
+    # QGIS finds a layer's style by f_table_schema = '' (not NULL), table and geometry column.
+    assert row["f_table_schema"] == "" and row["f_table_name"] == "fire"
+    assert row["f_geometry_column"] == pyogrio.read_info(path, layer="fire")["geometry_name"]
+    assert row["useAsDefault"] == 1
+    assert row["styleName"] == "fire"
+    assert row["styleQML"] == category_style_qml("class", _fire_classes())
+    for c in _fire_classes():
+        assert f"{c.rgb[0]},{c.rgb[1]},{c.rgb[2]},255" in row["styleQML"]
+    assert dt.datetime.fromisoformat(row["update_time"]).year >= 2024
+
+
+def test_a_second_polygon_layer_gets_its_own_style(tmp_path: Path) -> None:
+    path = _styled_gpkg(tmp_path / "polygons.gpkg")
+    geometry = np.array([shapely.box(0, 0, 10, 10)])
+    crs = CRS.from_string(UTM18).to_wkt()
+    write_polygons(path, "other", geometry, {"class": np.array([1], np.int32)}, crs)
+    write_layer_style(path, "other", "<qgis/>", name="plain", description="test")
+    with sqlite3.connect(path) as db:
+        rows = db.execute("select id, f_table_name, styleName from layer_styles order by id")
+        assert rows.fetchall() == [(1, "fire", "fire"), (2, "other", "plain")]
+    assert _gpkg_version(path) == (0x47504B47, 10200)
+
+
+def test_runs_table_holds_the_provenance(tmp_path: Path) -> None:
+    path = _styled_gpkg(tmp_path / "polygons.gpkg")
+    row = {
+        "run_id": "20250101T000000Z-abcdef12",
+        "created": "2025-01-01T00:00:00+00:00",
+        "workflow": "fire",
+        "before": None,
+        "config": json.dumps({"workflow": {"name": "fire"}}),
+    }
+    write_attributes(path, "runs", row, description="provenance")
+    assert _contents(path)["runs"] == ("attributes", "provenance")
+    info = pyogrio.read_info(path, layer="runs")
+    assert info["geometry_type"] is None and info["features"] == 1
+    assert list(info["fields"]) == list(row)
+    _, _, _, values = pyogrio.raw.read(path, layer="runs")
+    assert {k: v[0] for k, v in zip(row, values, strict=True)} == row
+    # A second row appends to the same table.
+    write_attributes(path, "runs", {**row, "run_id": "second"})
+    _, _, _, values = pyogrio.raw.read(path, layer="runs", columns=["run_id"])
+    assert list(values[0]) == [row["run_id"], "second"]
+
+
+def test_write_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "preview.png"
+    write_bytes(path, b"\x89PNG\r\n")
+    assert path.read_bytes() == b"\x89PNG\r\n"
 
 
 # --- write_json -----------------------------------------------------------------------------

@@ -11,7 +11,15 @@ from rasterio.windows import Window
 from pipeline.catalog import BandSource, Catalog, Scene, load_catalog
 from pipeline.errors import SceneError
 from pipeline.grid import Grid
-from pipeline.reading import check_compatible, read_band, read_window, scene_grid
+from pipeline.reading import (
+    check_compatible,
+    file_sha256,
+    read_band,
+    read_band_overview,
+    read_overview,
+    read_window,
+    scene_grid,
+)
 from tests.data import (
     ORIGIN,
     UTM18,
@@ -561,3 +569,76 @@ def test_read_band_without_nodata_reads_band_one(tmp_path: Path):
     assert nodata is None
     assert out.shape == (2, 2) and (out == 0.5).all()
     assert (grid.width, grid.height) == (2, 2)
+
+
+# --- (7) decimated reads for previews -------------------------------------------------------
+
+
+def test_overview_is_the_block_mean_of_the_full_read(tmp_path: Path):
+    # 2 x 2 averaging of a 40 x 60 band onto 20 x 30: each output pixel is a block mean.
+    rng = np.random.default_rng(3)
+    values = rng.integers(100, 5000, (40, 60)).astype(np.uint16)
+    scene = _scene({"red": _small(tmp_path, "red", values)}, scale=1e-4)
+    grid = scene_grid(scene, ("red",))
+    data, valid = read_overview(scene, ("red",), grid, (20, 30))
+    assert data.shape == (1, 20, 30) and valid.all()
+    expected = values.reshape(20, 2, 30, 2).mean(axis=(1, 3)) * 1e-4
+    np.testing.assert_allclose(data[0], expected, atol=1e-4)
+
+
+def test_overview_marks_nodata_and_uncovered_pixels(forest: Scene):
+    bands = ("red", "nir", "swir16")
+    grid = scene_grid(forest, bands)
+    data, valid = read_overview(forest, bands, grid, (48, 40))
+    assert data.shape == (3, 48, 40)
+    # The generator's 4 nodata rows are the top 2 rows at half resolution; the rest is data.
+    assert not valid[:2].any() and valid[2:].all()
+    assert (data[:, ~valid] == 0).all()
+    full, full_valid = read_window(forest, bands, grid, Window(0, 0, grid.width, grid.height))
+    # Forest on the left (SWIR ≈ 0.10), bright crop on the right (SWIR ≈ 0.25), as at full size.
+    assert abs(data[2, 30:, :8].mean() - full[2, 60:, :16].mean()) < 0.01
+    assert abs(data[2, 10:20, 28:].mean() - 0.25) < 0.01
+
+
+def test_overview_reads_each_file_once_decimated(forest: Scene, monkeypatch):
+    calls: list[tuple[str, tuple[int, ...] | None]] = []
+    original = rasterio.io.DatasetReader.read
+
+    def recording_read(self, *args, **kwargs):
+        calls.append((Path(self.name).name, kwargs.get("out_shape")))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(rasterio.io.DatasetReader, "read", recording_read)
+    bands = ("red", "nir", "swir16")
+    read_overview(forest, bands, scene_grid(forest, bands), (24, 20))
+    assert sorted(name for name, _ in calls) == ["nir.tif", "red.tif", "swir16.tif"]
+    for name, shape in calls:
+        assert shape is not None and shape[-2] <= 24 and shape[-1] <= 20, name
+
+
+def test_overview_rejects_a_band_in_another_crs(tmp_path: Path):
+    red = coded_band(tmp_path / "red.tif", T10, 4, 4)
+    scene = _scene({"red": red})
+    grid = scene_grid(scene, ("red",))
+    other = Grid(CRS.from_string("EPSG:32617").to_wkt(), grid.transform, grid.width, grid.height)
+    assert "reproject" in _error(read_overview, scene, ("red",), other, (2, 2))
+
+
+def test_band_overview_keeps_class_values(tmp_path: Path):
+    classes = np.zeros((40, 60), dtype=np.uint8)
+    classes[:, 30:] = 3
+    classes[:10] = 255
+    path = _small(tmp_path, "classes", classes, nodata=255)
+    small = read_band_overview(str(path), (20, 30))
+    assert small.shape == (20, 30) and small.dtype == np.uint8
+    assert set(np.unique(small)) == {0, 3, 255}
+    assert (small[5:, :15] == 0).all() and (small[5:, 15:] == 3).all() and (small[:5] == 255).all()
+
+
+def test_file_sha256(tmp_path: Path):
+    import hashlib
+
+    path = tmp_path / "model.ckpt"
+    data = bytes(range(256)) * 5000  # several read chunks
+    path.write_bytes(data)
+    assert file_sha256(str(path)) == hashlib.sha256(data).hexdigest()

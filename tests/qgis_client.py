@@ -1,0 +1,117 @@
+"""Open a GeoPackage the way QGIS does and report what QGIS sees (run by the system Python).
+
+Not a test module: tests/test_qgis.py runs it with Debian's ``/usr/bin/python3``, which has
+PyQGIS (``python3-qgis``) but not the project's virtual environment, so it uses the standard
+library and PyQGIS only.
+
+Usage: ``python3 tests/qgis_client.py GPKG OUT_DIR LAYER [LAYER ...]``. Opens every LAYER
+with ``QgsVectorLayer``, renders the spatial ones to ``OUT_DIR/map.png`` and writes
+``OUT_DIR/report.json``: per layer its validity, feature count, CRS, renderer and categories,
+the rows of non-spatial tables, and every message QGIS logged.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsMapRendererSequentialJob,
+    QgsMapSettings,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtCore import QSize
+from qgis.PyQt.QtGui import QColor
+
+
+def text(value: Any) -> str | None:
+    # PyQGIS gives NULL as a null QVariant, whose str() is "NULL".
+    return None if value is None or str(value) == "NULL" else str(value)
+
+
+def describe(layer: QgsVectorLayer) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "valid": layer.isValid(),
+        "features": layer.featureCount(),
+        "spatial": layer.isSpatial(),
+        "crs": layer.crs().authid() if layer.isSpatial() else None,
+        "fields": [f.name() for f in layer.fields()],
+        "labels_enabled": layer.labelsEnabled(),
+    }
+    renderer = layer.renderer() if layer.isSpatial() else None
+    if renderer is not None:
+        info["renderer"] = renderer.type()
+        if renderer.type() == "categorizedSymbol":
+            info["class_attribute"] = renderer.classAttribute()
+            info["categories"] = [
+                {
+                    "value": str(c.value()),
+                    "label": c.label(),
+                    "colour": c.symbol().color().name(),
+                    "render": c.renderState(),
+                }
+                for c in renderer.categories()
+            ]
+    if not layer.isSpatial() and layer.featureCount() <= 10:
+        names = info["fields"]
+        info["rows"] = [
+            dict(zip(names, map(text, f.attributes()), strict=True)) for f in layer.getFeatures()
+        ]
+    return info
+
+
+def render(layers: list[QgsVectorLayer], path: Path) -> None:
+    settings = QgsMapSettings()
+    settings.setLayers(layers)
+    settings.setDestinationCrs(layers[0].crs())
+    extent = QgsRectangle(layers[0].extent())
+    for layer in layers[1:]:
+        extent.combineExtentWith(layer.extent())
+    settings.setExtent(extent)
+    settings.setOutputSize(QSize(800, 800))
+    settings.setBackgroundColor(QColor(255, 255, 255))
+    job = QgsMapRendererSequentialJob(settings)
+    job.start()
+    job.waitForFinished()
+    job.renderedImage().save(str(path), "PNG")
+
+
+def inspect(gpkg: str, out_dir: str, layer_names: list[str], report: dict[str, Any]) -> None:
+    try:
+        from osgeo import gdal
+
+        report["gdal"] = gdal.__version__
+    except ImportError:
+        report["gdal"] = None
+    layers = {name: QgsVectorLayer(f"{gpkg}|layername={name}", name, "ogr") for name in layer_names}
+    for name, layer in layers.items():
+        report["layers"][name] = describe(layer)
+    spatial = [lyr for lyr in layers.values() if lyr.isValid() and lyr.isSpatial()]
+    if spatial:
+        render(spatial, Path(out_dir) / "map.png")
+
+
+def main(gpkg: str, out_dir: str, layer_names: list[str]) -> None:
+    app = QgsApplication([], False)
+    app.initQgis()
+    messages: list[dict[str, Any]] = []
+    QgsApplication.messageLog().messageReceived.connect(
+        lambda message, tag, level: messages.append(
+            {"tag": tag, "level": int(level), "message": message}
+        )
+    )
+    report: dict[str, Any] = {"qgis": Qgis.QGIS_VERSION, "layers": {}, "messages": messages}
+    # Layers live only inside inspect(): QGIS crashes on exit if any outlives exitQgis().
+    inspect(gpkg, out_dir, layer_names, report)
+    app.processEvents()
+    Path(out_dir, "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    app.exitQgis()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])

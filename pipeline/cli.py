@@ -212,6 +212,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    bench = sub.add_parser(
+        "bench",
+        help="measure stages on a generated scene",
+        description=(
+            "Generate a SIZE×SIZE class raster and time geoseg's block-wise vectorizing "
+            "(merges and GeoPackage included) against the usual whole-raster way, each in its "
+            "own process, with peak memory."
+        ),
+    )
+    bench.add_argument(
+        "--size", type=_positive, default=2048, metavar="N", help="raster edge (default 2048)"
+    )
+    bench.add_argument(
+        "--workers", type=_positive, metavar="N", help="Dask worker processes (default: cores)"
+    )
+    bench.add_argument("--no-baseline", action="store_true", help="skip the whole-raster baseline")
+    bench.add_argument("--json", action="store_true", help="print JSON")
+
     cat = sub.add_parser("catalog", help="inspect the scene catalog")
     cat_sub = cat.add_subparsers(dest="catalog_command", required=True, parser_class=_Parser)
     cat_sub.add_parser(
@@ -345,6 +363,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.bench import bench_vectorize, default_workers
+
+    result = bench_vectorize(
+        args.size, args.workers or default_workers(), baseline=not args.no_baseline
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            print(f"{key:32} {value:.2f}" if isinstance(value, float) else f"{key:32} {value}")
+    return 0
+
+
 def _cmd_catalog_list(args: argparse.Namespace) -> int:
     from pipeline.catalog import load_catalog
 
@@ -391,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_train(args)
         if args.command == "evaluate":
             return _cmd_evaluate(args)
+        if args.command == "bench":
+            return _cmd_bench(args)
         if args.command == "catalog" and args.catalog_command == "list":
             return _cmd_catalog_list(args)
         parser.error(f"unknown command {args.command!r}")  # pragma: no cover

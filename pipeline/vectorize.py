@@ -88,53 +88,88 @@ class BlockPolygons:
     right: np.ndarray  # int32 labels along its last column
 
 
+#: Passes of the sieve: a cluster of specks is absorbed from its edge inwards, a pass at a time.
+SIEVE_PASSES = 4
+
+
 def sieve(classes: np.ndarray, size: int, nodata: int) -> np.ndarray:
     """Replace regions of fewer than ``size`` pixels by their neighbours' majority class.
 
-    Regions are 4-connected; the replacement is the class held by most 4-neighbour pixel
-    pairs across the region's edge that lead into regions of at least ``size`` pixels (into
-    any region if there are none; nodata neighbours ignored, ties to the smaller class). A
-    region with no valid neighbour stays. Nodata is never sieved and never spreads. The result
-    depends only on each region and its neighbours, so blocks with a halo of ``2 * size`` get
-    exactly what the whole raster gets.
+    Regions are 4-connected. In each of up to :data:`SIEVE_PASSES` passes, every region still
+    smaller than ``size`` takes the class held by most 4-neighbour pixel pairs across its edge
+    that lead into regions of at least ``size`` pixels (into any region if there are none;
+    nodata ignored; ties to the smaller class), all regions deciding at once; regions of one
+    class that now touch become one. A cluster of specks is thus absorbed from its edge
+    inwards. A region with no valid neighbour stays; nodata is never sieved and never spreads.
+
+    Each pass depends only on regions within ``2 * size`` pixels, so a block read with a halo
+    of :func:`sieve_halo` gets exactly what the whole raster gets. The passes run on the
+    graph of regions (sizes, classes, pixel pairs between neighbours), not on pixels.
     """
     if size <= 1:
         return classes
-    labels, _ = _label_all(classes, nodata)
-    sizes = np.bincount(labels.ravel())
-    small = sizes < size
-    small[0] = False
-    if not small[labels].any():
+    labels, n = _label_all(classes, nodata)
+    flat = labels.ravel()
+    sizes = np.bincount(flat, minlength=n + 1).astype(np.int64)
+    sizes[0] = 0
+    if n == 0 or not (sizes[1:] < size).any():
         return classes
-    # Neighbours in large regions decide; only a region with small neighbours alone takes
-    # theirs. (Two adjacent specks would otherwise just swap classes.)
-    large_keys, small_keys = [], []
-    for a, b, cb in _neighbour_pairs(labels, classes):
-        pick = small[a] & (a != b) & (cb != nodata)
-        into_large = pick & ~small[b]
-        large_keys.append(a[into_large].astype(np.int64) * 256 + cb[into_large])
-        small_keys.append(a[pick & ~into_large].astype(np.int64) * 256 + cb[pick & ~into_large])
-    from_large = np.concatenate(large_keys)
-    from_small = np.concatenate(small_keys)
-    decided = np.zeros(len(sizes), dtype=bool)
-    decided[from_large // 256] = True
-    key, count = np.unique(
-        np.concatenate([from_large, from_small[~decided[from_small // 256]]]), return_counts=True
-    )
-    if key.size == 0:  # every small region is surrounded by nodata
-        return classes
-    label_of, class_of = key // 256, (key % 256).astype(np.uint8)
-    # Most adjacencies first, then the smaller class: the first row per label is the winner.
-    order = np.lexsort((class_of, -count, label_of))
-    label_of, class_of = label_of[order], class_of[order]
-    first = np.r_[True, label_of[1:] != label_of[:-1]]
-    replacement = np.arange(len(sizes), dtype=np.int64)  # identity marker: "keep"
-    value = np.zeros(len(sizes), dtype=np.uint8)
-    replacement[label_of[first]] = -1
-    value[label_of[first]] = class_of[first]
-    out = classes.copy()
-    change = replacement[labels] == -1
-    out[change] = value[labels[change]]
+    region_class = np.zeros(n + 1, dtype=np.uint8)
+    region_class[flat] = classes.ravel()
+    # Regions only grow, so every decision and merge involves a region small from the start:
+    # the pixel pairs touching one are all the graph needs.
+    small_px = (sizes < size)[labels]
+    small_px[labels == 0] = False
+    keys = []
+    for a_sl, b_sl in _DIRECTIONS[::2]:  # right and down: each touching pixel pair once
+        la, lb = labels[a_sl], labels[b_sl]
+        edge = np.nonzero((small_px[a_sl] | small_px[b_sl]) & (la != lb) & (la > 0) & (lb > 0))
+        lo, hi = np.minimum(la[edge], lb[edge]), np.maximum(la[edge], lb[edge])
+        keys.append(lo.astype(np.int64) * (n + 1) + hi)
+    pair, count = np.unique(np.concatenate(keys), return_counts=True)
+    lo, hi = pair // (n + 1), pair % (n + 1)
+    # Both orientations: the pairs seen from each side.
+    ea, eb, count = np.concatenate([lo, hi]), np.concatenate([hi, lo]), np.concatenate([count] * 2)
+
+    group = np.arange(n + 1)  # region -> id of the group (merged regions) it belongs to
+    gclass = region_class.copy()  # class of each group id
+    for _ in range(SIEVE_PASSES):
+        gsize = np.bincount(group, weights=sizes, minlength=n + 1)
+        small = gsize < size
+        small[0] = False
+        ga, gb = group[ea], group[eb]
+        pick = (ga != gb) & small[ga]
+        ga, gb, cnt = ga[pick], gb[pick], count[pick]
+        if ga.size == 0:
+            break
+        # Neighbours in large regions decide; only a region with small neighbours alone takes
+        # theirs. (Two adjacent specks would otherwise just swap classes.)
+        into_large = ~small[gb]
+        has_large = np.zeros(n + 1, dtype=bool)
+        has_large[ga[into_large]] = True
+        use = into_large | ~has_large[ga]
+        key = ga[use] * 256 + gclass[gb[use]]
+        uniq, inverse = np.unique(key, return_inverse=True)
+        total = np.bincount(inverse, weights=cnt[use])
+        g_of, c_of = uniq // 256, uniq % 256
+        order = np.lexsort((c_of, -total, g_of))
+        g_of, c_of = g_of[order], c_of[order]
+        first = np.r_[True, g_of[1:] != g_of[:-1]]
+        gclass[g_of[first]] = c_of[first]
+        # Regions of one class that now touch are one region.
+        ga, gb = group[ea], group[eb]
+        same = (ga != gb) & (gclass[ga] == gclass[gb])
+        if same.any():
+            graph = coo_matrix(
+                (np.ones(int(same.sum()), dtype=np.int8), (ga[same], gb[same])),
+                shape=(n + 1, n + 1),
+            )
+            _, comp = connected_components(graph, directed=False)
+            rep = np.full(int(comp.max()) + 1, n + 1, dtype=np.int64)
+            np.minimum.at(rep, comp, np.arange(n + 1))
+            group = rep[comp][group]
+    out = gclass[group][labels]
+    out[labels == 0] = classes[labels == 0]
     return out
 
 
@@ -152,17 +187,13 @@ def _label_all(classes: np.ndarray, nodata: int) -> tuple[np.ndarray, int]:
     return labels, n
 
 
-def _neighbour_pairs(
-    labels: np.ndarray, classes: np.ndarray
-) -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(label, neighbour label, neighbour class) for every 4-neighbour pixel pair."""
-    for a_sl, b_sl in (
-        ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
-        ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
-        ((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
-        ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
-    ):
-        yield labels[a_sl].ravel(), labels[b_sl].ravel(), classes[b_sl].ravel()
+#: (pixel, neighbour) slice pairs for the four 4-neighbour directions.
+_DIRECTIONS = (
+    ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+    ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+    ((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
+    ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
+)
 
 
 def label_regions(classes: np.ndarray, keep: Iterable[int]) -> np.ndarray:
@@ -285,23 +316,33 @@ def merge_blocks(parts: Sequence[BlockPolygons], grid: Grid, cleanup: Cleanup) -
     group_class[group] = class_value
 
     # Geometries: one per local label, built in bulk per block.
+    cut_cols = np.unique([p.block.col_off for p in parts if p.block.col_off > 0])
+    cut_rows = np.unique([p.block.row_off for p in parts if p.block.row_off > 0])
+    sizes = np.bincount(group, minlength=n_groups)
+    crosses = sizes[group] > 1
     geoms = np.empty(total, dtype=object)
     for i, p in enumerate(parts):
+        ids = p.label.astype(np.int64) - 1 + offsets[i]
+        coords, rings = p.coords, p.ring_offsets
+        if crosses[ids].any():
+            # Pieces of merged regions meet along block edges: give every piece a vertex at
+            # each pixel corner on those edges, so shared edges match vertex for vertex.
+            coords, rings = _node_block_edges(coords, rings, cut_cols, cut_rows)
         built = shapely.from_ragged_array(
-            shapely.GeometryType.POLYGON, p.coords, (p.ring_offsets, p.poly_offsets)
+            shapely.GeometryType.POLYGON, coords, (rings, p.poly_offsets)
         )
-        geoms[p.label.astype(np.int64) - 1 + offsets[i]] = built
+        geoms[ids] = built
     merged = np.empty(n_groups, dtype=object)
-    sizes = np.bincount(group, minlength=n_groups)
-    single = sizes[group] == 1
-    merged[group[single]] = geoms[single]
+    merged[group[~crosses]] = geoms[~crosses]
     multi = np.flatnonzero(sizes > 1)
     if multi.size:
         order = np.argsort(group, kind="stable")
         starts = np.searchsorted(group[order], multi)
         for g, st in zip(multi, starts, strict=True):
-            # Pixel coordinates are integers, so the union of edge-sharing pieces is exact.
-            merged[g] = shapely.union_all(geoms[order[st : st + sizes[g]]])
+            # The pieces form an exact coverage (integer pixel corners, matched vertices), so
+            # a coverage union joins them in linear time. (Where the joined outline runs along
+            # a block edge, it keeps a vertex at each pixel corner: same shape, more vertices.)
+            merged[g] = shapely.coverage_union_all(geoms[order[st : st + sizes[g]]])
 
     # Stable ids: raster order of each polygon's first pixel, whatever the block size.
     rank = np.argsort(first, kind="stable")
@@ -327,6 +368,35 @@ def merge_blocks(parts: Sequence[BlockPolygons], grid: Grid, cleanup: Cleanup) -
         perimeter_m=perimeter,
         instance_id=instance_id[keep],
     )
+
+
+def _node_block_edges(
+    coords: np.ndarray, ring_offsets: np.ndarray, cols: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Insert a vertex at every pixel corner of ring segments lying on a block edge.
+
+    ``coords`` are closed rings in pixel coordinates; ``cols`` and ``rows`` are the interior
+    block edges (x = col, y = row). Segments along them are cut into unit steps.
+    """
+    n = len(coords)
+    if n < 2:
+        return coords, ring_offsets
+    last = np.zeros(n, dtype=bool)
+    last[ring_offsets[1:] - 1] = True
+    p, q = coords[:-1], coords[1:]
+    d = q - p
+    length = np.abs(d).sum(axis=1)
+    on_edge = ((d[:, 0] == 0) & np.isin(p[:, 0], cols)) | ((d[:, 1] == 0) & np.isin(p[:, 1], rows))
+    on_edge &= ~last[:-1] & (length > 1)
+    emit = np.ones(n, dtype=np.int64)
+    emit[:-1] += np.where(on_edge, length - 1, 0).astype(np.int64)
+    src = np.repeat(np.arange(n), emit)
+    step = np.arange(int(emit.sum())) - np.repeat(np.cumsum(emit) - emit, emit)
+    direction = np.zeros((n, 2))
+    direction[:-1] = np.sign(d)
+    out = coords[src] + direction[src] * step[:, None]
+    new_offsets = np.concatenate([[0], np.cumsum(emit)])[ring_offsets]
+    return out, new_offsets
 
 
 def _to_crs(grid: Grid) -> object:
@@ -452,10 +522,11 @@ def vectorize(
 def sieve_halo(cleanup: Cleanup) -> int:
     """Pixels of context a block needs so the sieve decides every region exactly.
 
-    A small region touching the block lies within ``sieve_pixels`` of it, and whether each of
-    its neighbours is small is decided within ``sieve_pixels`` further out.
+    In one pass a small region touching the block lies within ``sieve_pixels`` of it, and
+    whether each of its neighbours is small is decided within ``sieve_pixels`` further out;
+    each further pass depends on the previous one's result that far around.
     """
-    return 2 * cleanup.sieve_pixels if cleanup.sieve_pixels > 1 else 0
+    return 2 * cleanup.sieve_pixels * SIEVE_PASSES if cleanup.sieve_pixels > 1 else 0
 
 
 def clean_window(

@@ -1,0 +1,42 @@
+"""`geoseg bench` as a short smoke test (full-size figures live in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+
+from pipeline.bench import bench_grid, write_class_raster
+from pipeline.cli import main
+
+
+def test_generated_raster_is_fragmented_and_deterministic(tmp_path):
+    a = write_class_raster(tmp_path / "a.tif", 600, seed=3)
+    b = write_class_raster(tmp_path / "b.tif", 600, seed=3)
+    with rasterio.open(a) as ra, rasterio.open(b) as rb:
+        x, y = ra.read(1), rb.read(1)
+        assert ra.crs.to_epsg() == 32618 and ra.transform == bench_grid(600).affine
+    np.testing.assert_array_equal(x, y)
+    shares = np.bincount(x.ravel(), minlength=3) / x.size
+    assert (shares > 0.15).all()  # three real classes, none vanishing
+
+
+@pytest.mark.slow
+def test_bench_reports_both_ways(capsys):
+    assert main(["bench", "--size", "512", "--workers", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in (
+        "vectorize_s",
+        "vectorize_baseline_s",
+        "vectorize_speedup",
+        "vectorize_polygons",
+        "vectorize_baseline_polygons",
+        "vectorize_peak_rss_mb",
+    ):
+        assert key in result
+    assert result["vectorize_s"] > 0 and result["vectorize_baseline_s"] > 0
+    # Both sides sieve 16-pixel specks away; their polygon counts are of the same order.
+    ratio = result["vectorize_polygons"] / result["vectorize_baseline_polygons"]
+    assert 0.5 < ratio < 2

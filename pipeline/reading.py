@@ -127,6 +127,43 @@ def check_compatible(scene: Scene, bands: tuple[str, ...], grid: Grid) -> None:
             )
 
 
+def _by_path(scene: Scene, bands: tuple[str, ...]) -> dict[str, list[tuple[int, BandSource]]]:
+    """Bands grouped by the file holding them, with their position in ``bands``."""
+    by_path: dict[str, list[tuple[int, BandSource]]] = defaultdict(list)
+    for i, name in enumerate(bands):
+        src_band = scene.band(name)
+        by_path[src_band.path].append((i, src_band))
+    return by_path
+
+
+def _check_file(
+    src: rasterio.io.DatasetReader, scene: Scene, path: str, grid_crs: CRS, indexes: list[int]
+) -> None:
+    """Raise :class:`SceneError` if a file is in another CRS or lacks a listed band."""
+    if src.crs != grid_crs:
+        raise SceneError(
+            f"scene {scene.id!r}: {path} is in {src.crs}, the run's grid in {grid_crs}; "
+            "reproject it to the grid's CRS"
+        )
+    if max(indexes) > src.count:
+        raise SceneError(
+            f"scene {scene.id!r}: {path} has {src.count} bands but band "
+            f"{max(indexes)} is listed; list one name per band, in file order"
+        )
+
+
+def _reflectance(
+    values: np.ndarray, scene: Scene, src: rasterio.io.DatasetReader, index: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stored values to float32 reflectance, and where they are valid (not nodata, finite)."""
+    nodata = scene.nodata if scene.nodata is not None else src.nodatavals[index - 1]
+    ok = np.isfinite(values) if values.dtype.kind == "f" else np.ones(values.shape, bool)
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        ok &= values != nodata
+    scaled = values.astype(np.float32) * np.float32(scene.scale) + np.float32(scene.offset)
+    return scaled, ok
+
+
 def read_window(
     scene: Scene, bands: tuple[str, ...], grid: Grid, window: Window
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -143,19 +180,13 @@ def read_window(
     xs = t.c + t.a * (window.col_off + np.arange(w) + 0.5)
     ys = t.f + t.e * (window.row_off + np.arange(h) + 0.5)
 
-    by_path: dict[str, list[tuple[int, BandSource]]] = defaultdict(list)
-    for i, name in enumerate(bands):
-        src_band = scene.band(name)
-        by_path[src_band.path].append((i, src_band))
+    by_path = _by_path(scene, bands)
 
     grid_crs = CRS.from_wkt(grid.crs_wkt)
     for path, members in by_path.items():
         with _open(path, scene.id) as src:
-            if src.crs != grid_crs:
-                raise SceneError(
-                    f"scene {scene.id!r}: {path} is in {src.crs}, the run's grid in {grid_crs}; "
-                    "reproject it to the grid's CRS"
-                )
+            indexes = [b.index for _, b in members]
+            _check_file(src, scene, path, grid_crs, indexes)
             st = src.transform
             # Index of the source pixel containing each target pixel centre.
             cols = np.floor((xs - st.c) / st.a + 1e-9).astype(np.int64)
@@ -167,29 +198,15 @@ def read_window(
                 continue
             sc0, sc1 = int(cols[col_ok].min()), int(cols[col_ok].max()) + 1
             sr0, sr1 = int(rows[row_ok].min()), int(rows[row_ok].max()) + 1
-            indexes = [b.index for _, b in members]
-            if max(indexes) > src.count:
-                raise SceneError(
-                    f"scene {scene.id!r}: {path} has {src.count} bands but band "
-                    f"{max(indexes)} is listed; list one name per band, in file order"
-                )
             block = src.read(indexes, window=Window(sc0, sr0, sc1 - sc0, sr1 - sr0))
             ci = np.clip(cols - sc0, 0, sc1 - sc0 - 1)
             ri = np.clip(rows - sr0, 0, sr1 - sr0 - 1)
             inside = row_ok[:, None] & col_ok[None, :]
             valid &= inside
             for k, (i, b) in enumerate(members):
-                values = block[k][np.ix_(ri, ci)]
-                nodata = scene.nodata if scene.nodata is not None else src.nodatavals[b.index - 1]
-                ok = (
-                    np.isfinite(values) if values.dtype.kind == "f" else np.ones(values.shape, bool)
-                )
-                if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-                    ok &= values != nodata
+                values, ok = _reflectance(block[k][np.ix_(ri, ci)], scene, src, b.index)
                 valid &= ok
-                data[i] = values.astype(np.float32) * np.float32(scene.scale) + np.float32(
-                    scene.offset
-                )
+                data[i] = values
     data[:, ~valid] = 0.0
     return data, valid
 
@@ -315,23 +332,11 @@ def read_overview(
     valid = np.ones((h, w), dtype=bool)
     left, bottom, right, top = grid.bounds
     grid_crs = CRS.from_wkt(grid.crs_wkt)
-    by_path: dict[str, list[tuple[int, BandSource]]] = defaultdict(list)
-    for i, name in enumerate(bands):
-        src_band = scene.band(name)
-        by_path[src_band.path].append((i, src_band))
+    by_path = _by_path(scene, bands)
     for path, members in by_path.items():
         with _open(path, scene.id) as src:
-            if src.crs != grid_crs:
-                raise SceneError(
-                    f"scene {scene.id!r}: {path} is in {src.crs}, the run's grid in {grid_crs}; "
-                    "reproject it to the grid's CRS"
-                )
             indexes = [b.index for _, b in members]
-            if max(indexes) > src.count:
-                raise SceneError(
-                    f"scene {scene.id!r}: {path} has {src.count} bands but band "
-                    f"{max(indexes)} is listed; list one name per band, in file order"
-                )
+            _check_file(src, scene, path, grid_crs, indexes)
             # The grid's extent in the file's pixel coordinates, and the part the file covers.
             inv = ~src.transform
             ca, ra = inv @ (left, top)
@@ -356,17 +361,9 @@ def read_overview(
                 resampling=Resampling.average,
             )
             for k, (i, b) in enumerate(members):
-                values = block[k]
-                nodata = scene.nodata if scene.nodata is not None else src.nodatavals[b.index - 1]
-                ok = (
-                    np.isfinite(values) if values.dtype.kind == "f" else np.ones(values.shape, bool)
-                )
-                if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-                    ok &= values != nodata
+                values, ok = _reflectance(block[k], scene, src, b.index)
                 valid[or0:or1, oc0:oc1] &= ok
-                data[i, or0:or1, oc0:oc1] = values.astype(np.float32) * np.float32(
-                    scene.scale
-                ) + np.float32(scene.offset)
+                data[i, or0:or1, oc0:oc1] = values
     data[:, ~valid] = 0.0
     return data, valid
 

@@ -339,10 +339,8 @@ def merge_blocks(parts: Sequence[BlockPolygons], grid: Grid, cleanup: Cleanup) -
         order = np.argsort(group, kind="stable")
         starts = np.searchsorted(group[order], multi)
         for g, st in zip(multi, starts, strict=True):
-            # The pieces form an exact coverage (integer pixel corners, matched vertices), so
-            # a coverage union joins them in linear time. (Where the joined outline runs along
-            # a block edge, it keeps a vertex at each pixel corner: same shape, more vertices.)
-            merged[g] = shapely.coverage_union_all(geoms[order[st : st + sizes[g]]])
+            # The pieces form an exact coverage (integer pixel corners, matched vertices).
+            merged[g] = join_pieces(geoms[order[st : st + sizes[g]]], grid)
 
     # Stable ids: raster order of each polygon's first pixel, whatever the block size.
     rank = np.argsort(first, kind="stable")
@@ -368,6 +366,76 @@ def merge_blocks(parts: Sequence[BlockPolygons], grid: Grid, cleanup: Cleanup) -
         perimeter_m=perimeter,
         instance_id=instance_id[keep],
     )
+
+
+def join_pieces(pieces: np.ndarray, grid: Grid) -> shapely.Polygon:
+    """Join edge-sharing pieces of one region (pixel coordinates, matched vertices) exactly.
+
+    Every ring is cut into its segments, oriented so the region lies on the left; a segment
+    shared by two pieces appears once in each direction and both copies are dropped; what is
+    left is the outline of the union, walked into rings. Where the outline touches itself at a
+    pixel corner (4-connectivity), the walk takes the rightmost turn, wrapping the pixel outside
+    the region, so rings touch at that corner instead of crossing it, as GDAL's polygonize
+    pairs them. This is linear in the number of vertices, unlike a general polygon union.
+    """
+    oriented = shapely.orient_polygons(pieces, exterior_cw=False)
+    rings = shapely.get_rings(oriented)
+    coords, ring_of = shapely.get_coordinates(rings, return_index=True)
+    pts = np.rint(coords).astype(np.int64)
+    same_ring = ring_of[1:] == ring_of[:-1]
+    start, end = pts[:-1][same_ring], pts[1:][same_ring]
+    k = np.int64(grid.height + 1)
+    start_key = start[:, 0] * k + start[:, 1]
+    end_key = end[:, 0] * k + end[:, 1]
+    span = np.int64((grid.width + 1) * (grid.height + 1))
+    seg = start_key * span + end_key
+    sorted_seg = np.sort(seg)
+    reverse = end_key * span + start_key
+    at = np.minimum(np.searchsorted(sorted_seg, reverse), len(sorted_seg) - 1)
+    keep = sorted_seg[at] != reverse  # drop segments whose reverse belongs to another piece
+    start, end, start_key, end_key = start[keep], end[keep], start_key[keep], end_key[keep]
+    m = len(start_key)
+    order = np.argsort(start_key, kind="stable")
+    first = np.searchsorted(start_key[order], end_key, side="left")
+    count = np.searchsorted(start_key[order], end_key, side="right") - first
+    nxt = order[np.minimum(first, m - 1)]
+    pinch = np.flatnonzero(count > 1)
+    if pinch.size:
+        # Two ways on: take the rightmost turn (the region is on the left), as GDAL does.
+        d_in = end[pinch] - start[pinch]
+        a, b = order[first[pinch]], order[first[pinch] + 1]
+        d_a = end[a] - start[a]
+        cross_a = d_in[:, 0] * d_a[:, 1] - d_in[:, 1] * d_a[:, 0]
+        nxt[pinch] = np.where(cross_a < 0, a, b)
+    nxt_l = nxt.tolist()
+    seen = bytearray(m)
+    loops: list[np.ndarray] = []
+    for s0 in range(m):
+        if seen[s0]:
+            continue
+        walk = []
+        s_ = s0
+        while not seen[s_]:
+            seen[s_] = 1
+            walk.append(s_)
+            s_ = nxt_l[s_]
+        ring = start[walk]
+        # Drop vertices where the outline goes straight on (left over from the joins).
+        d = np.diff(np.vstack([ring[-1:], ring, ring[:1]]), axis=0)
+        turn = (d[:-1, 0] * d[1:, 1] - d[:-1, 1] * d[1:, 0]) != 0
+        ring = ring[turn]
+        loops.append(np.vstack([ring, ring[:1]]).astype(np.float64))
+    area = np.array([_signed_area(r) for r in loops])
+    shells = [r for r, a_ in zip(loops, area, strict=True) if a_ > 0]
+    holes = [r for r, a_ in zip(loops, area, strict=True) if a_ < 0]
+    if len(shells) != 1:  # not one 4-connected region: fall back to a general union
+        return shapely.union_all(pieces)
+    return shapely.Polygon(shells[0], holes)
+
+
+def _signed_area(ring: np.ndarray) -> float:
+    x, y = ring[:, 0], ring[:, 1]
+    return float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])) / 2
 
 
 def _node_block_edges(

@@ -38,6 +38,7 @@ from pipeline.models import SegmentationModel, build_model
 from pipeline.models.card import ModelCard, check_resolution, check_values, metres_per_unit
 from pipeline.preview import overview_shape, preview_bands, render_preview
 from pipeline.publish import (
+    BlockCache,
     BlockRaster,
     Staging,
     category_style_qml,
@@ -116,6 +117,20 @@ class ModelPlugin(WorkerPlugin):
     def teardown(self, worker: Any) -> None:
         """Release the model."""
         self.model = None
+
+
+def resume_key(workflow: Workflow, scene: Scene, before: Scene | None, grid: Grid) -> str:
+    """Name of the block cache of a run: changes with the scene, grid, model or settings."""
+    import hashlib
+
+    h = hashlib.sha256(plugin_name(workflow).encode())
+    h.update(repr((scene, before, grid, workflow.tile_size, workflow.halo, __version__)).encode())
+    for s in (scene, before):
+        for band in s.bands if s else ():
+            if Path(band.path).is_file():
+                stat = Path(band.path).stat()
+                h.update(f"{band.path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
 
 
 def plugin_name(workflow: Workflow) -> str:
@@ -309,6 +324,7 @@ def run(
             work_classes, grid, NODATA, colormap=colormap, description="class"
         )
         conf_out = BlockRaster(work_conf, grid, NODATA, description="confidence %")
+        cache = BlockCache(folder / ".work", resume_key(workflow, scene, before, grid))
         t0 = time.perf_counter()
         with dask_client(options.workers, options.scheduler) as client:
             times["cluster_start_s"] = time.perf_counter() - t0
@@ -325,6 +341,7 @@ def run(
                     classes_out,
                     conf_out,
                     times,
+                    cache,
                 )
                 t0 = time.perf_counter()
                 classes_out.to_cog(staging.path("classes.tif"), "NEAREST")
@@ -416,6 +433,7 @@ def run(
                 "scheduler": options.scheduler or "local",
                 "workers": n_workers,
                 "tiles": len(tiles),
+                "resumed_blocks": int(times.pop("resumed_blocks", 0)),
             },
             "counts": {
                 "pixels": grid.width * grid.height,
@@ -437,6 +455,7 @@ def run(
         times["total_s"] = time.perf_counter() - started
         write_json(staging.path("run.json"), summary)
         files = staging.commit()
+        cache.clear()  # the outputs are complete: nothing left to resume
     return RunResult(folder=folder, files=files, summary=summary)
 
 
@@ -547,15 +566,30 @@ def _classify(
     classes_out: BlockRaster,
     conf_out: BlockRaster,
     times: dict[str, float],
+    cache: BlockCache,
 ) -> np.ndarray:
-    """Classify every block on Dask, writing each result as it arrives; return class counts."""
+    """Classify every block on Dask, writing each result as it arrives; return class counts.
+
+    Blocks a killed earlier run of the same configuration finished come from ``cache``;
+    every block finished now is added to it before it is written.
+    """
+    counts = np.zeros(256, dtype=np.int64)
+    todo = []
+    for block in tiles:
+        cached = cache.get(block)
+        if cached is None:
+            todo.append(block)
+            continue
+        classes_out.write(block, cached[0])
+        conf_out.write(block, cached[1])
+        counts += np.bincount(cached[0].ravel(), minlength=256)
+    times["resumed_blocks"] = len(tiles) - len(todo)
     t0 = time.perf_counter()
     name = plugin_name(workflow)
     client.register_plugin(ModelPlugin(workflow.model, workflow.classes), name=name)
     times["model_setup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    counts = np.zeros(256, dtype=np.int64)
-    groups = batches(tiles, getattr(workflow.model, "batch_size", 1))
+    groups = batches(todo, getattr(workflow.model, "batch_size", 1))
     futures = [
         client.submit(
             _blocks_task,
@@ -573,6 +607,7 @@ def _classify(
     ]
     bar = tqdm(
         total=len(tiles),
+        initial=len(tiles) - len(todo),
         desc=f"{workflow.name} {scene.id}",
         unit="block",
         disable=not options.progress,
@@ -581,6 +616,7 @@ def _classify(
     try:
         for future in as_completed(futures):
             for block, classes, confidence in future.result():
+                cache.put(block, classes, confidence)
                 classes_out.write(block, classes)
                 conf_out.write(block, confidence)
                 counts += np.bincount(classes.ravel(), minlength=256)

@@ -91,6 +91,44 @@ class Staging:
         self._pending.clear()
 
 
+class BlockCache:
+    """Finished blocks of a run, kept on disk so a killed run resumes where it stopped.
+
+    One ``.npz`` per block in ``root/key`` (a key per scene, grid, model and configuration, so
+    a changed model or setting never finds stale blocks). Each file is
+    written under a temporary name and renamed, so a kill mid-write leaves no half block.
+    """
+
+    def __init__(self, root: Path, key: str) -> None:
+        self.root = root
+        self.folder = root / key
+
+    def _file(self, block: Block) -> Path:
+        return self.folder / f"{block.key}.npz"
+
+    def get(self, block: Block) -> tuple[np.ndarray, np.ndarray] | None:
+        """The cached (classes, confidence) of ``block``, or None."""
+        path = self._file(block)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as z:
+                return z["classes"], z["confidence"]
+        except (OSError, ValueError, KeyError):  # unreadable: compute the block again
+            return None
+
+    def put(self, block: Block, classes: np.ndarray, confidence: np.ndarray) -> None:
+        """Persist one finished block."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        temp = self.folder / f".{block.key}.partial.npz"
+        np.savez(temp, classes=classes, confidence=confidence)
+        os.replace(temp, self._file(block))
+
+    def clear(self) -> None:
+        """Delete every cached block under the root: after a finished run none is of use."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 class BlockRaster:
     """A single-band uint8 GeoTIFF on ``grid`` written block by block, then turned into a COG."""
 

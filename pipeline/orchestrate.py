@@ -183,7 +183,7 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
             n_workers=n,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # any free port: never clash with another cluster
             silence_logs=logging.ERROR,
             env=one_thread,
         ) as cluster,

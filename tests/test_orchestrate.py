@@ -257,7 +257,7 @@ def test_run_on_an_existing_scheduler(synthetic_catalog, forest, tmp_path):
 
     (classes, _), _ = whole_scene_prediction(synthetic_catalog, forest, "synth")
     with LocalCluster(
-        n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None
+        n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0"
     ) as cluster:
         res = run(
             forest.with_overrides(tile_size=32),

@@ -7,6 +7,15 @@ keeps only the block's centre of a tile's prediction: each output pixel comes fr
 tile, the one in whose centre it lies, which is where the model had the most context. Blocks do
 not overlap, so writing them one after another assembles the seamless raster without ever
 holding it whole.
+
+Why centre-crop rather than blending overlaps: with a U-Net (ResNet18) trained briefly on the
+Virginia scene (tests/test_parity.py), centre-crop with a 64-pixel halo and reflect padding
+agrees with one forward pass over the whole scene on 99.968 % of pixels at tile 256, 99.987 %
+at 512 and 99.991 % at 1024 (outside a halo-wide border band), and tile 256 agrees with tile
+1024 on 99.977 %. The halo is what matters: 99.909 % with a halo of 32, 99.621 % with none.
+Centre-crop reaches this while each output pixel is computed once and written once; blending
+would need overlapping outputs held until every tile touching them is done, for agreement
+that is already within 0.03 % of a single pass.
 """
 
 from __future__ import annotations

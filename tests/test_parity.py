@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import rasterio
 import yaml
 
 from pipeline.catalog import load_catalog
@@ -16,6 +15,7 @@ from pipeline.reading import read_window, scene_grid
 from pipeline.training import Sample, TrainOptions, train
 from pipeline.workflow import load_workflow
 from tests.conftest import ROOT
+from tests.data import write_raster
 
 HALO = 64
 
@@ -39,20 +39,9 @@ def virginia_unet(tmp_path_factory):
     whole = Block(0, 0, grid.height, grid.width).window
     data, valid = read_window(scene, index.bands, grid, whole)
     labels, _ = predict_tile(index, data, valid)
-    label_path = folder / "labels.tif"
-    with rasterio.open(
-        label_path,
-        "w",
-        driver="GTiff",
-        width=grid.width,
-        height=grid.height,
-        count=1,
-        dtype="uint8",
-        crs=grid.crs_wkt,
-        transform=grid.affine,
-        nodata=255,
-    ) as dst:
-        dst.write(labels, 1)
+    label_path = write_raster(
+        folder / "labels.tif", labels, grid.affine, crs=grid.crs_wkt, nodata=255
+    )
     flow = {
         "name": "forest-unet",
         "model": {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import pyproj
 from affine import Affine
 from rasterio.windows import Window
 
@@ -76,6 +77,26 @@ class Padding:
     bottom: int = 0
     left: int = 0
     right: int = 0
+
+
+def ground_size_m(grid: Grid) -> tuple[float, float]:
+    """The grid's width and height in metres; geodesic through its centre if geographic."""
+    crs = pyproj.CRS.from_wkt(grid.crs_wkt)
+    left, bottom, right, top = grid.bounds
+    if crs.is_geographic:
+        geod = pyproj.Geod(ellps="WGS84")
+        lat, lon = (bottom + top) / 2, (left + right) / 2
+        width = geod.inv(left, lat, right, lat)[2]
+        height = geod.inv(lon, bottom, lon, top)[2]
+        return float(width), float(height)
+    unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    return (right - left) * unit, (top - bottom) * unit
+
+
+def pixel_size_m(grid: Grid) -> tuple[float, float]:
+    """A pixel's width and height in metres (at the grid's centre if the CRS is geographic)."""
+    width_m, height_m = ground_size_m(grid)
+    return width_m / grid.width, height_m / grid.height
 
 
 def blocks(grid: Grid, size: int) -> list[Block]:

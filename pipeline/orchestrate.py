@@ -32,10 +32,10 @@ from tqdm import tqdm
 from pipeline import __version__
 from pipeline.catalog import Catalog, Scene
 from pipeline.errors import ConfigError, ModelError
-from pipeline.grid import Block, Grid, blocks, tile_window
-from pipeline.inference import NODATA, batches, process_blocks
+from pipeline.grid import Block, Grid, blocks, pixel_size_m, tile_window
+from pipeline.inference import NODATA, batches, process_blocks, read_tile
 from pipeline.models import SegmentationModel, build_model
-from pipeline.models.card import ModelCard, check_resolution, check_values, metres_per_unit
+from pipeline.models.card import ModelCard, check_resolution, check_values
 from pipeline.preview import overview_shape, preview_bands, render_preview
 from pipeline.publish import (
     BlockCache,
@@ -53,7 +53,6 @@ from pipeline.reading import (
     read_band_overview,
     read_band_window,
     read_overview,
-    read_window,
     scene_grid,
 )
 from pipeline.vectorize import (
@@ -272,20 +271,12 @@ def check_scene_against_card(
     Bands are checked when the grid is built; here the pixel size and, on a central sample of
     at most 512×512 pixels, the value range after the catalog's scale and offset.
     """
-    import pyproj
-
-    crs = pyproj.CRS.from_wkt(grid.crs_wkt)
-    _, bottom, _, top = grid.bounds
-    gsd = grid.res[0] * metres_per_unit(crs.is_geographic, (bottom + top) / 2)
-    check_resolution(card, scene.id, gsd)
+    check_resolution(card, scene.id, pixel_size_m(grid)[0])
     size = min(512, grid.height), min(512, grid.width)
     sample = Block((grid.height - size[0]) // 2, (grid.width - size[1]) // 2, *size)
-    data, valid = read_window(scene, card.bands, grid, sample.window)
+    data, valid, _, _ = read_tile(card.bands, scene, before, grid, sample, 0)
     names = card.bands
     if before is not None:
-        data_b, valid_b = read_window(before, card.bands, grid, sample.window)
-        data = np.concatenate([data_b, data])
-        valid &= valid_b
         names = tuple(f"{b} (before)" for b in card.bands) + card.bands
     check_values(card, scene.id, names, data, valid)
 
@@ -413,7 +404,8 @@ def run(
         )
         times["preview_s"] = time.perf_counter() - t0
 
-        pixel_area = _pixel_area_m2(grid)
+        pixel_w, pixel_h = pixel_size_m(grid)
+        pixel_area = pixel_w * pixel_h  # nominal: at the grid's centre if geographic
         summary: dict[str, Any] = {
             "run_id": run_id,
             "created": created,
@@ -539,20 +531,6 @@ def _format_area(m2: float) -> str:
     if m2 >= 1e6:
         return f"{m2 / 1e6:,.2f} km²"
     return f"{m2 / 1e4:,.2f} ha"
-
-
-def _pixel_area_m2(grid: Grid) -> float:
-    """Nominal pixel area: exact in a metric CRS, at the grid's centre if geographic."""
-    import pyproj
-
-    crs = pyproj.CRS.from_wkt(grid.crs_wkt)
-    rx, ry = grid.res
-    if crs.is_geographic:
-        _, bottom, _, top = grid.bounds
-        lat = np.radians((bottom + top) / 2)
-        return float(rx * 111_320 * np.cos(lat) * ry * 110_574)
-    unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-    return float(rx * ry * unit * unit)
 
 
 def _classify(

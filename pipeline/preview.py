@@ -15,7 +15,6 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import pyproj
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -23,7 +22,7 @@ from matplotlib.patches import Patch, Rectangle
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from pipeline.grid import Grid
+from pipeline.grid import Grid, ground_size_m
 from pipeline.workflow import ClassDef
 
 #: Longest side of the scene image in a preview, in pixels (the read is decimated to it).
@@ -51,20 +50,6 @@ def preview_bands(available: Sequence[str], model_bands: Sequence[str]) -> tuple
     if all(b in available for b in NATURAL_COLOUR):
         return NATURAL_COLOUR
     return (model_bands[0],)
-
-
-def ground_size_m(grid: Grid) -> tuple[float, float]:
-    """The grid's width and height in metres; geodesic through its centre if geographic."""
-    crs = pyproj.CRS.from_wkt(grid.crs_wkt)
-    left, bottom, right, top = grid.bounds
-    if crs.is_geographic:
-        geod = pyproj.Geod(ellps="WGS84")
-        lat, lon = (bottom + top) / 2, (left + right) / 2
-        width = geod.inv(left, lat, right, lat)[2]
-        height = geod.inv(lon, bottom, lon, top)[2]
-        return float(width), float(height)
-    unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-    return (right - left) * unit, (top - bottom) * unit
 
 
 def overview_shape(grid: Grid, max_size: int = MAX_SIZE) -> tuple[int, int]:

@@ -25,12 +25,12 @@ from pipeline import __version__
 from pipeline.catalog import Scene
 from pipeline.errors import ConfigError, ModelError
 from pipeline.evaluate import confusion_of, report_from_confusion
-from pipeline.grid import Block, Grid, blocks, tile_window
-from pipeline.inference import process_block
-from pipeline.models.card import CardClass, ModelCard, Normalization, metres_per_unit
+from pipeline.grid import Block, Grid, Padding, blocks, pixel_size_m
+from pipeline.inference import process_block, read_tile
+from pipeline.models.card import CardClass, ModelCard, Normalization
 from pipeline.models.checkpoints import save_checkpoint
 from pipeline.models.networks import TorchGeoSegmentation, init_backbone
-from pipeline.reading import NO_LABEL, check_compatible, read_labels, read_window, scene_grid
+from pipeline.reading import NO_LABEL, check_compatible, read_labels, scene_grid
 from pipeline.stitch import pad_tile
 from pipeline.workflow import TorchGeoModelConfig, Workflow
 
@@ -79,20 +79,13 @@ def _read_chip(
     src: _Source, bands: tuple[str, ...], block: Block, size: int, label_field: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read image [C, size, size] and labels [size, size] of a chip, reflect-padded if small."""
-    halo_grid = src.grid
-    read, pad = tile_window(halo_grid, block, 0)
-    data, valid = read_window(src.sample.scene, bands, halo_grid, read)
-    if src.sample.before is not None:
-        data_b, valid_b = read_window(src.sample.before, bands, halo_grid, read)
-        data = np.concatenate([data_b, data])
-        valid &= valid_b
-    labels = read_labels(src.sample.labels, halo_grid, read, label_field)
+    scene, before = src.sample.scene, src.sample.before
+    data, valid, read, _ = read_tile(bands, scene, before, src.grid, block, 0)
+    labels = read_labels(src.sample.labels, src.grid, read, label_field)
     labels[~valid] = NO_LABEL
     # Chips larger than the scene: pad to the chip size; the padding carries no label.
     extra = (size - data.shape[1], size - data.shape[2])
     if extra != (0, 0):
-        from pipeline.grid import Padding
-
         data, _ = pad_tile(data, valid, Padding(bottom=extra[0], right=extra[1]))
         labels = np.pad(labels, ((0, extra[0]), (0, extra[1])), constant_values=NO_LABEL)
     return data, labels
@@ -200,14 +193,6 @@ def _sources(samples: Sequence[Sample], config: TorchGeoModelConfig) -> list[_So
             check_compatible(s.before, bands, grid)
         out.append(_Source(s, grid))
     return out
-
-
-def _gsd_m(grid: Grid) -> float:
-    import pyproj
-
-    _, bottom, _, top = grid.bounds
-    geographic = pyproj.CRS.from_wkt(grid.crs_wkt).is_geographic
-    return grid.res[0] * metres_per_unit(geographic, (bottom + top) / 2)
 
 
 def predict_scene(model: TorchGeoSegmentation, source: _Source, tile: int, halo: int) -> np.ndarray:
@@ -324,7 +309,7 @@ def train(
         classes=tuple(
             CardClass(value=c.value, name=c.name, colour=c.colour) for c in workflow.classes
         ),
-        gsd_m=_gsd_m(first),
+        gsd_m=pixel_size_m(first)[0],
         normalization=norm,
         value_range=value_range,
         tile_size=workflow.tile_size,

@@ -36,7 +36,7 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pipeline.grid import Block, Grid
+from pipeline.grid import Block, Grid, pixel_size_m
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
 
@@ -545,11 +545,7 @@ def _fill_holes(geometry: np.ndarray, grid: Grid, max_m2: float) -> np.ndarray:
 
 def _simplify(geometry: np.ndarray, grid: Grid, tolerance_m: float) -> np.ndarray:
     """Simplify the polygons as one coverage, so shared edges stay shared (no gaps, overlaps)."""
-    crs = pyproj.CRS.from_wkt(grid.crs_wkt)
-    tolerance = tolerance_m
-    if crs.is_geographic:
-        _, bottom, _, top = grid.bounds
-        tolerance = tolerance_m / (111_320.0 * np.cos(np.radians((bottom + top) / 2)))
+    tolerance = tolerance_m * grid.res[0] / pixel_size_m(grid)[0]  # metres to CRS units
     simplified = shapely.coverage_simplify(geometry, tolerance)
     return np.asarray(shapely.make_valid(simplified), dtype=object)
 
@@ -605,11 +601,6 @@ def clean_window(
     top = block.row_off - int(read.row_off)  # type: ignore[attr-defined]
     left = block.col_off - int(read.col_off)  # type: ignore[attr-defined]
     return cleaned[top : top + block.height, left : left + block.width]
-
-
-def clean_classes(classes: np.ndarray, sieve_pixels: int, nodata: int) -> np.ndarray:
-    """Sieve a whole in-memory class raster (see :func:`sieve`)."""
-    return sieve(classes, sieve_pixels, nodata)
 
 
 def _empty() -> Polygons:

@@ -209,3 +209,19 @@ def test_window_transform():
     # The window's top-left pixel has the same corner in both transforms.
     assert t @ (0, 0) == grid.affine @ (3, 2)
     assert grid.window_transform(Window(0, 0, 11, 13)) == grid.affine
+
+
+def test_pixel_size_m():
+    from rasterio.crs import CRS
+
+    from pipeline.grid import pixel_size_m
+
+    utm = Grid(CRS.from_epsg(32618).to_wkt(), (10.0, 0.0, 435730.0, 0.0, -10.0, 4179460.0), 8, 6)
+    assert pixel_size_m(utm) == (10.0, 10.0)
+    # 0.001° pixels: a degree of longitude is 111.32 km at the equator, 55.80 km at 60° N
+    # (WGS84 ellipsoid), a degree of latitude about 110.6-111.4 km.
+    wgs84 = CRS.from_epsg(4326).to_wkt()
+    at_equator = Grid(wgs84, (0.001, 0.0, 10.0, 0.0, -0.001, 0.05), 100, 100)
+    assert pixel_size_m(at_equator)[0] == pytest.approx(111.32, rel=1e-3)
+    at_60 = Grid(wgs84, (0.001, 0.0, 10.0, 0.0, -0.001, 60.05), 100, 100)
+    assert pixel_size_m(at_60)[0] == pytest.approx(55.80, rel=1e-3)

@@ -25,7 +25,6 @@ from pipeline.models.card import (
     Normalization,
     check_resolution,
     check_values,
-    metres_per_unit,
 )
 from pipeline.models.checkpoints import load_checkpoint, load_pretrained, safe_load, save_checkpoint
 from pipeline.models.networks import TorchGeoSegmentation, build_network, init_backbone
@@ -592,12 +591,6 @@ def test_check_resolution():
         message = user_error(ModelError, check_resolution, card, "s", gsd)
         assert "resample" in message and "10.0 m" in message and f"{gsd:.1f} m" in message
     check_resolution(make_card(gsd_m=None), "s", 60.0)
-
-
-def test_metres_per_unit():
-    assert metres_per_unit(False, 45.0) == 1.0
-    assert metres_per_unit(True, 0.0) == pytest.approx(111_320.0)
-    assert metres_per_unit(True, 60.0) == pytest.approx(55_660.0)
 
 
 def test_check_values():

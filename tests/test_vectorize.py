@@ -8,7 +8,7 @@ from rasterio.crs import CRS
 from scipy import ndimage
 
 from pipeline.grid import Grid
-from pipeline.vectorize import Polygons, clean_classes, label_regions, vectorize
+from pipeline.vectorize import Polygons, label_regions, sieve, vectorize
 from tests.data import ORIGIN, UTM18
 
 NODATA = 255
@@ -179,7 +179,7 @@ def test_sieve_removes_small_specks() -> None:
     classes[1, 1:3] = 1  # 2 pixels
     classes[5, 5:8] = 1  # 3 pixels
     classes[9:11, 9:11] = 2  # 4 pixels of another class
-    cleaned = clean_classes(classes, 3, NODATA)
+    cleaned = sieve(classes, 3, NODATA)
     expected = classes.copy()
     expected[1, 1:3] = 0
     np.testing.assert_array_equal(cleaned, expected)
@@ -207,7 +207,7 @@ def test_speck_surrounded_by_nodata_is_kept() -> None:
     classes = np.zeros((8, 8), np.uint8)
     classes[3:8, 3:8] = NODATA
     classes[5, 5] = 1  # alone in a sea of nodata
-    cleaned = clean_classes(classes, 4, NODATA)
+    cleaned = sieve(classes, 4, NODATA)
     np.testing.assert_array_equal(cleaned, classes)
     polys = vectorize(classes, _conf(classes.shape), grid, keep=[1], sieve_pixels=4)
     assert len(polys) == 1
@@ -218,15 +218,15 @@ def test_nodata_is_not_sieved_away() -> None:
     classes = np.ones((8, 8), np.uint8)
     classes[2, 2] = NODATA  # a 1-pixel nodata hole must stay nodata
     classes[5:7, 5] = NODATA
-    cleaned = clean_classes(classes, 5, NODATA)
+    cleaned = sieve(classes, 5, NODATA)
     np.testing.assert_array_equal(cleaned == NODATA, classes == NODATA)
 
 
-@pytest.mark.parametrize("sieve", [0, 1])
-def test_clean_classes_without_sieve_is_identity(sieve: int) -> None:
+@pytest.mark.parametrize("size", [0, 1])
+def test_clean_classes_without_sieve_is_identity(size: int) -> None:
     classes = _blobs(15, 17, seed=3)
     before = classes.copy()
-    out = clean_classes(classes, sieve, NODATA)
+    out = sieve(classes, size, NODATA)
     np.testing.assert_array_equal(out, before)
     np.testing.assert_array_equal(classes, before)
 
@@ -234,7 +234,7 @@ def test_clean_classes_without_sieve_is_identity(sieve: int) -> None:
 def test_clean_classes_does_not_modify_its_input() -> None:
     classes = _blobs(15, 17, seed=4)
     before = classes.copy()
-    out = clean_classes(classes, 6, NODATA)
+    out = sieve(classes, 6, NODATA)
     np.testing.assert_array_equal(classes, before)
     assert not np.array_equal(out, before)  # the sieve did something
 
@@ -437,8 +437,6 @@ def test_sieve_and_ids_do_not_depend_on_block_size(block: int) -> None:
 
 
 def test_sieve_rule_majority_of_neighbours() -> None:
-    from pipeline.vectorize import sieve
-
     a = np.zeros((7, 7), dtype=np.uint8)
     a[:, 4:] = 2
     a[3, 3] = 1  # speck: 3 neighbours of class 0, 1 of class 2

@@ -8,8 +8,6 @@ stops the run with the fix in the message instead of producing nonsense polygons
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -89,13 +87,6 @@ class ModelCard(_Strict):
     def to_json(self) -> str:
         """The card as JSON (what is stored in a checkpoint)."""
         return self.model_dump_json(by_alias=True)
-
-
-def metres_per_unit(crs_is_geographic: bool, latitude: float) -> float:
-    """Approximate metres per CRS unit along x: 1 for metric CRSs, per degree if geographic."""
-    if crs_is_geographic:
-        return 111_320.0 * math.cos(math.radians(latitude))
-    return 1.0
 
 
 def check_resolution(card: ModelCard, scene_id: str, gsd_m: float) -> None:

@@ -90,7 +90,7 @@ def _peak_rss_mb() -> float:
 
 def run_geoseg_vectorize(classes: str, out: str, workers: int | str) -> dict[str, Any]:
     """Geoseg's way: block-wise on a local Dask cluster, merge, GeoPackage. Returns measures."""
-    from pipeline.orchestrate import RunOptions, _vectorize, dask_client
+    from pipeline.orchestrate import RunOptions, dask_client, vectorize_on_cluster
     from pipeline.publish import write_polygons
     from pipeline.reading import raster_grid
     from pipeline.vectorize import Cleanup
@@ -99,7 +99,7 @@ def run_geoseg_vectorize(classes: str, out: str, workers: int | str) -> dict[str
     conf = str(Path(classes).with_name(Path(classes).stem + "-confidence.tif"))
     with dask_client(int(workers), None) as client:
         t0 = time.perf_counter()
-        polys = _vectorize(
+        polys = vectorize_on_cluster(
             client,
             classes,
             conf,

@@ -162,10 +162,7 @@ def accumulate_confusion(
         unmapped_pred.update(int(v) for v in np.unique(p_raw[bad_p]))
         unmapped_truth.update(int(v) for v in np.unique(t_raw[bad_t]))
         ok = ~(bad_p | bad_t)
-        confusion += np.bincount(
-            p_cls[ok].astype(np.int64) * NUM_VALUES + t_cls[ok],
-            minlength=NUM_VALUES * NUM_VALUES,
-        )
+        confusion += confusion_of(p_cls[ok], t_cls[ok]).ravel()
     # Report every unmapped value at once (after the full pass) so one fix covers them all.
     problems = [
         _unmapped_message(side, path, values)

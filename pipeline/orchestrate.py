@@ -342,7 +342,7 @@ def run(
                 classes_out.close()
                 conf_out.close()
             t0 = time.perf_counter()
-            polys = _vectorize(
+            polys = vectorize_on_cluster(
                 client, str(work_classes), str(work_conf), grid, keep, cleanup, options
             )
             times["vectorize_s"] = time.perf_counter() - t0
@@ -622,7 +622,7 @@ def _vectorize_task(
     return polygonize_block(cleaned, confidence, block, grid.width, keep)
 
 
-def _vectorize(
+def vectorize_on_cluster(
     client: Any,
     classes_path: str,
     confidence_path: str,

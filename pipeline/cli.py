@@ -214,19 +214,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
-        help="measure stages on a generated scene",
+        help="measure speed and memory on generated scenes",
         description=(
-            "Generate a SIZE×SIZE class raster and time geoseg's block-wise vectorizing "
-            "(merges and GeoPackage included) against the usual whole-raster way, each in its "
-            "own process, with peak memory."
+            "Generate scenes of SIZE×SIZE pixels and measure, each step in its own process with "
+            "its peak memory: the model stage (forward passes alone on the pipeline's tiles, the "
+            "whole pipeline from reading to GeoPackage, TorchGeo's own RasterDataset + "
+            "GridGeoSampler + DataLoader way, and class agreement between tile sizes 256 and "
+            "1024) and vectorizing (geoseg's block-wise way against the usual whole-raster way)."
         ),
     )
     bench.add_argument(
-        "--size", type=_positive, default=2048, metavar="N", help="raster edge (default 2048)"
+        "--size", type=_positive, default=2048, metavar="N", help="scene edge (default 2048)"
+    )
+    bench.add_argument(
+        "--part",
+        choices=("all", "model", "vectorize"),
+        default="all",
+        help="what to measure (default: all)",
+    )
+    bench.add_argument(
+        "--model",
+        metavar="CKPT",
+        help="checkpoint written by geoseg train (default: an untrained U-Net/ResNet18, "
+        "6 bands; tile parity says little with random weights)",
     )
     bench.add_argument(
         "--workers", type=_positive, metavar="N", help="Dask worker processes (default: cores)"
     )
+    bench.add_argument(
+        "--tile-size", type=_positive, default=None, metavar="PX", help="pipeline block edge"
+    )
+    bench.add_argument("--halo", type=_non_negative, default=None, metavar="PX")
+    bench.add_argument("--no-peer", action="store_true", help="skip TorchGeo's way")
     bench.add_argument("--no-baseline", action="store_true", help="skip the whole-raster baseline")
     bench.add_argument("--json", action="store_true", help="print JSON")
 
@@ -366,16 +385,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.bench import bench_vectorize, default_workers
+    from pipeline.bench import bench_model, bench_vectorize, default_workers
+    from pipeline.bench.model import HALO, TILE, describe
 
-    result = bench_vectorize(
-        args.size, args.workers or default_workers(), baseline=not args.no_baseline
-    )
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for key, value in result.items():
-            print(f"{key:32} {value:.2f}" if isinstance(value, float) else f"{key:32} {value}")
+    workers = args.workers or default_workers()
+    result: dict[str, object] = {}
+    if args.part in ("all", "model"):
+        result |= bench_model(
+            args.size,
+            workers,
+            model=args.model,
+            tile=args.tile_size or TILE,
+            halo=HALO if args.halo is None else args.halo,
+            peer=not args.no_peer,
+        )
+    if args.part in ("all", "vectorize"):
+        result |= bench_vectorize(args.size, workers, baseline=not args.no_baseline)
+    print(json.dumps(result, indent=2) if args.json else describe(result))
     return 0
 
 

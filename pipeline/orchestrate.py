@@ -36,16 +36,15 @@ from pipeline.grid import Block, Grid, blocks, pixel_size_m, tile_window
 from pipeline.inference import NODATA, batches, process_blocks, read_tile
 from pipeline.models import SegmentationModel, build_model
 from pipeline.models.card import ModelCard, check_resolution, check_values
-from pipeline.preview import overview_shape, preview_bands, render_preview
 from pipeline.publish import (
     BlockCache,
     BlockRaster,
+    PolygonWriter,
     Staging,
     category_style_qml,
     write_attributes,
     write_bytes,
     write_json,
-    write_polygons,
 )
 from pipeline.reading import (
     check_compatible,
@@ -58,8 +57,11 @@ from pipeline.reading import (
 from pipeline.vectorize import (
     BlockPolygons,
     Cleanup,
+    FinishedBlock,
     Polygons,
     clean_window,
+    empty_polygons,
+    finish_block,
     merge_blocks,
     polygonize_block,
     sieve_halo,
@@ -342,26 +344,38 @@ def run(
                 classes_out.close()
                 conf_out.close()
             t0 = time.perf_counter()
-            polys = vectorize_on_cluster(
-                client, str(work_classes), str(work_conf), grid, keep, cleanup, options
+            shown = [c for c in workflow.classes if c.vectorize]
+            gpkg = staging.path("polygons.gpkg")
+            writer = PolygonWriter(
+                gpkg,
+                layer=workflow.name,
+                crs_wkt=grid.crs_wkt,
+                description=f"{workflow.name} polygons of scene {scene.id} by {model.model_id}",
+                style_qml=category_style_qml("class", shown),
             )
+            tally = PolygonTally()
+            version_of_model = model_version(workflow.model)
+            for batch in vectorize_on_cluster(
+                client, str(work_classes), str(work_conf), grid, keep, cleanup, options
+            ):
+                fields_of = _polygon_fields(
+                    batch, workflow, scene, model.model_id, version_of_model, run_id
+                )
+                writer.append(batch.geometry, fields_of)
+                tally.add(batch)
             times["vectorize_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        version_of_model = model_version(workflow.model)
-        shown = [c for c in workflow.classes if c.vectorize]
-        gpkg = staging.path("polygons.gpkg")
-        write_polygons(
-            gpkg,
-            layer=workflow.name,
-            geometry=polys.geometry,
-            fields=_polygon_fields(
-                polys, workflow, scene, model.model_id, version_of_model, run_id
-            ),
-            crs_wkt=grid.crs_wkt,
-            description=f"{workflow.name} polygons of scene {scene.id} by {model.model_id}",
-            style_qml=category_style_qml("class", shown),
+        writer.close(
+            _polygon_fields(
+                empty_polygons(),
+                workflow,
+                scene,
+                model.model_id,
+                version_of_model,
+                run_id,
+            )
         )
         write_attributes(
             gpkg,
@@ -397,7 +411,7 @@ def run(
                 grid,
                 model.bands,
                 str(staging.path("classes.tif")),
-                polys,
+                tally,
                 subtitle=f"{workflow.name} · model {model.model_id} ({version_of_model})"
                 f" · run {run_id}",
             ),
@@ -434,12 +448,12 @@ def run(
                     c.name: {
                         "pixels": int(counts[c.value]),
                         "area_m2_approx": float(counts[c.value] * pixel_area),
-                        "polygons": int((polys.class_value == c.value).sum()),
-                        "polygon_area_m2": float(polys.area_m2[polys.class_value == c.value].sum()),
+                        "polygons": int(tally.count[c.value]),
+                        "polygon_area_m2": float(tally.area_m2[c.value]),
                     }
                     for c in workflow.classes
                 },
-                "polygons": len(polys),
+                "polygons": tally.total,
             },
             "versions": _versions(),
             "times": times,
@@ -501,18 +515,21 @@ def _preview(
     grid: Grid,
     model_bands: tuple[str, ...],
     classes_path: str,
-    polys: Polygons,
+    tally: PolygonTally,
     subtitle: str,
 ) -> bytes:
     """Render ``preview.png`` from decimated reads of the scene and of the class raster."""
+    # Imported here: workers import this module, and matplotlib costs each of them memory.
+    from pipeline.preview import overview_shape, preview_bands, render_preview
+
     shape = overview_shape(grid)
     image, valid = read_overview(scene, preview_bands(scene.band_names, model_bands), grid, shape)
     classes = read_band_overview(classes_path, shape)
     labels = {}
     for c in workflow.classes:
-        mine = polys.class_value == c.value
         labels[c.value] = (
-            f"{c.name}\n{int(mine.sum()):,} polygons · {_format_area(polys.area_m2[mine].sum())}"
+            f"{c.name}\n{int(tally.count[c.value]):,} polygons · "
+            f"{_format_area(float(tally.area_m2[c.value]))}"
         )
     return render_preview(
         image,
@@ -614,12 +631,14 @@ def _vectorize_task(
     block: Block,
     keep: tuple[int, ...],
     cleanup: Cleanup,
-) -> BlockPolygons:
+) -> FinishedBlock:
     read, _ = tile_window(grid, block, sieve_halo(cleanup))
     classes = read_band_window(classes_path, read)
     confidence = read_band_window(confidence_path, block.window)
     cleaned = clean_window(classes, read, block, cleanup, NODATA)
-    return polygonize_block(cleaned, confidence, block, grid.width, keep)
+    return finish_block(
+        polygonize_block(cleaned, confidence, block, grid.width, keep), grid, cleanup
+    )
 
 
 def vectorize_on_cluster(
@@ -630,8 +649,14 @@ def vectorize_on_cluster(
     keep: tuple[int, ...],
     cleanup: Cleanup,
     options: RunOptions,
-) -> Polygons:
-    """Polygonize the class raster block by block on Dask, then merge across block edges."""
+) -> Iterator[Polygons]:
+    """Polygonize the class raster block by block on Dask, yielding polygons as they are done.
+
+    Each block's regions that touch no other block come finished from its worker and are
+    yielded at once; the regions that cross block edges are joined in the client at the end
+    and yielded last. So the client holds one block's polygons and the crossing pieces, never
+    all the polygons of the scene.
+    """
     parts = blocks(grid, VECTORIZE_BLOCK)
     futures = [
         client.submit(
@@ -647,16 +672,41 @@ def vectorize_on_cluster(
         )
         for b in parts
     ]
-    results = []
+    pieces: list[BlockPolygons] = []
+    occupants: list[np.ndarray] = []
     bar = tqdm(
         total=len(parts), desc="polygons", unit="block", disable=not options.progress, leave=False
     )
     try:
         for future in as_completed(futures):
-            results.append(future.result())
+            done: FinishedBlock = future.result()
             future.release()
             bar.update()
+            pieces.append(done.pieces)
+            if cleanup.fill_holes_m2 > 0:
+                occupants.append(done.occupants)
+            if len(done.polygons):
+                yield done.polygons
     finally:
         bar.close()
         client.cancel(futures)
-    return merge_blocks(results, grid, cleanup)
+    inside = np.concatenate(occupants) if occupants else np.empty(0, dtype=np.int64)
+    yield merge_blocks(pieces, grid, cleanup, inside)
+
+
+@dataclass
+class PolygonTally:
+    """Polygon count and area per class, added up over the batches a run writes."""
+
+    count: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))
+    area_m2: np.ndarray = field(default_factory=lambda: np.zeros(256))
+
+    def add(self, polys: Polygons) -> None:
+        """Count one batch."""
+        self.count += np.bincount(polys.class_value, minlength=256)
+        self.area_m2 += np.bincount(polys.class_value, weights=polys.area_m2, minlength=256)
+
+    @property
+    def total(self) -> int:
+        """Polygons counted."""
+        return int(self.count.sum())

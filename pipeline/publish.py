@@ -23,7 +23,6 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
-import pyogrio
 import rasterio
 import rasterio.shutil
 import shapely
@@ -185,6 +184,64 @@ class BlockRaster:
         )
 
 
+class PolygonWriter:
+    """A GeoPackage polygon layer written batch by batch, so no run holds all its polygons.
+
+    The first batch creates the layer (GeoPackage :data:`GPKG_VERSION`, spatial index,
+    description); later ones are appended. :meth:`close` writes an empty layer if no batch
+    came, then ``style_qml`` (see :func:`category_style_qml`) as the layer's default style.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        layer: str,
+        crs_wkt: str,
+        description: str = "",
+        style_qml: str | None = None,
+    ) -> None:
+        self.path, self.layer, self.crs_wkt = path, layer, crs_wkt
+        self.description, self.style_qml = description, style_qml
+        self.count = 0
+        self._created = False
+
+    def append(self, geometry: np.ndarray, fields: dict[str, np.ndarray]) -> None:
+        """Write one batch of polygons (shapely objects in the layer's CRS) and their fields."""
+        if self._created and len(geometry) == 0:
+            return
+        options: dict[str, Any] = {"append": True}
+        if not self._created:
+            layer_options = {"SPATIAL_INDEX": "YES"}
+            if self.description:
+                layer_options["DESCRIPTION"] = self.description
+            options = {
+                "dataset_options": {"VERSION": GPKG_VERSION},
+                "layer_options": layer_options,
+            }
+        import pyogrio  # not at module level: workers import this module and never need it
+
+        pyogrio.raw.write(
+            str(self.path),
+            geometry=shapely.to_wkb(geometry) if len(geometry) else np.empty(0, dtype=object),
+            field_data=list(fields.values()),
+            fields=list(fields),
+            layer=self.layer,
+            driver="GPKG",
+            geometry_type="Polygon",
+            crs=self.crs_wkt,
+            **options,
+        )
+        self._created = True
+        self.count += len(geometry)
+
+    def close(self, empty_fields: dict[str, np.ndarray] | None = None) -> None:
+        """Finish the layer: create it empty (with ``empty_fields``) if nothing was written."""
+        if not self._created:
+            self.append(np.empty(0, dtype=object), empty_fields or {})
+        if self.style_qml is not None:
+            write_layer_style(self.path, self.layer, self.style_qml, description=self.description)
+
+
 def write_polygons(
     path: Path,
     layer: str,
@@ -197,25 +254,10 @@ def write_polygons(
     """Write polygons and their attributes to a GeoPackage layer (with spatial index and style).
 
     A new file is a GeoPackage :data:`GPKG_VERSION`; an existing one gains the layer.
-    ``style_qml`` (see :func:`category_style_qml`) becomes the layer's default QGIS style.
     """
-    layer_options = {"SPATIAL_INDEX": "YES"}
-    if description:
-        layer_options["DESCRIPTION"] = description
-    pyogrio.raw.write(
-        str(path),
-        geometry=shapely.to_wkb(geometry) if len(geometry) else np.empty(0, dtype=object),
-        field_data=list(fields.values()),
-        fields=list(fields),
-        layer=layer,
-        driver="GPKG",
-        geometry_type="Polygon",
-        crs=crs_wkt,
-        dataset_options={"VERSION": GPKG_VERSION},
-        layer_options=layer_options,
-    )
-    if style_qml is not None:
-        write_layer_style(path, layer, style_qml, description=description)
+    writer = PolygonWriter(path, layer, crs_wkt, description, style_qml)
+    writer.append(geometry, fields)
+    writer.close()
 
 
 def write_attributes(
@@ -241,6 +283,8 @@ def write_layer_style(
     The table has the schema QGIS creates when it saves a style into a GeoPackage (its ``FID``
     is ``id``); QGIS looks rows up by ``f_table_schema = ''``, table and geometry column.
     """
+    import pyogrio
+
     geometry_column = pyogrio.read_info(str(path), layer=layer)["geometry_name"]
     row: dict[str, np.ndarray] = {
         "f_table_catalog": np.array([""], dtype=object),
@@ -264,6 +308,8 @@ def write_layer_style(
 def _write_table(
     path: Path, layer: str, fields: dict[str, np.ndarray], description: str = "", fid: str = ""
 ) -> None:
+    import pyogrio
+
     exists = path.exists() and layer in pyogrio.list_layers(str(path))[:, 0]
     layer_options = {}
     if description:

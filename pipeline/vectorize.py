@@ -25,20 +25,16 @@ becomes a polygon.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pyproj
 import shapely
-from affine import Affine
-from rasterio import features
-from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from pipeline import kernels
 from pipeline.grid import Block, Grid, pixel_size_m
-
-_FOUR = ndimage.generate_binary_structure(2, 1)
 
 
 @dataclass(frozen=True)
@@ -104,108 +100,51 @@ def sieve(classes: np.ndarray, size: int, nodata: int) -> np.ndarray:
 
     Each pass depends only on regions within ``2 * size`` pixels, so a block read with a halo
     of :func:`sieve_halo` gets exactly what the whole raster gets. The passes run on the
-    graph of regions (sizes, classes, pixel pairs between neighbours), not on pixels.
+    graph of regions (sizes, classes, pixel pairs between neighbours), not on pixels, in
+    :func:`pipeline.kernels.sieve_regions`. Returns ``classes`` itself if no region is small.
     """
     if size <= 1:
         return classes
-    labels, n = _label_all(classes, nodata)
-    flat = labels.ravel()
-    sizes = np.bincount(flat, minlength=n + 1).astype(np.int64)
-    sizes[0] = 0
-    if n == 0 or not (sizes[1:] < size).any():
-        return classes
-    region_class = np.zeros(n + 1, dtype=np.uint8)
-    region_class[flat] = classes.ravel()
-    # Regions only grow, so every decision and merge involves a region small from the start:
-    # the pixel pairs touching one are all the graph needs.
-    small_px = (sizes < size)[labels]
-    small_px[labels == 0] = False
-    keys = []
-    for a_sl, b_sl in _DIRECTIONS[::2]:  # right and down: each touching pixel pair once
-        la, lb = labels[a_sl], labels[b_sl]
-        edge = np.nonzero((small_px[a_sl] | small_px[b_sl]) & (la != lb) & (la > 0) & (lb > 0))
-        lo, hi = np.minimum(la[edge], lb[edge]), np.maximum(la[edge], lb[edge])
-        keys.append(lo.astype(np.int64) * (n + 1) + hi)
-    pair, count = np.unique(np.concatenate(keys), return_counts=True)
-    lo, hi = pair // (n + 1), pair % (n + 1)
-    # Both orientations: the pairs seen from each side.
-    ea, eb, count = np.concatenate([lo, hi]), np.concatenate([hi, lo]), np.concatenate([count] * 2)
-
-    group = np.arange(n + 1)  # region -> id of the group (merged regions) it belongs to
-    gclass = region_class.copy()  # class of each group id
-    for _ in range(SIEVE_PASSES):
-        gsize = np.bincount(group, weights=sizes, minlength=n + 1)
-        small = gsize < size
-        small[0] = False
-        ga, gb = group[ea], group[eb]
-        pick = (ga != gb) & small[ga]
-        ga, gb, cnt = ga[pick], gb[pick], count[pick]
-        if ga.size == 0:
-            break
-        # Neighbours in large regions decide; only a region with small neighbours alone takes
-        # theirs. (Two adjacent specks would otherwise just swap classes.)
-        into_large = ~small[gb]
-        has_large = np.zeros(n + 1, dtype=bool)
-        has_large[ga[into_large]] = True
-        use = into_large | ~has_large[ga]
-        key = ga[use] * 256 + gclass[gb[use]]
-        uniq, inverse = np.unique(key, return_inverse=True)
-        total = np.bincount(inverse, weights=cnt[use])
-        g_of, c_of = uniq // 256, uniq % 256
-        order = np.lexsort((c_of, -total, g_of))
-        g_of, c_of = g_of[order], c_of[order]
-        first = np.r_[True, g_of[1:] != g_of[:-1]]
-        gclass[g_of[first]] = c_of[first]
-        # Regions of one class that now touch are one region.
-        ga, gb = group[ea], group[eb]
-        same = (ga != gb) & (gclass[ga] == gclass[gb])
-        if same.any():
-            graph = coo_matrix(
-                (np.ones(int(same.sum()), dtype=np.int8), (ga[same], gb[same])),
-                shape=(n + 1, n + 1),
-            )
-            _, comp = connected_components(graph, directed=False)
-            rep = np.full(int(comp.max()) + 1, n + 1, dtype=np.int64)
-            np.minimum.at(rep, comp, np.arange(n + 1))
-            group = rep[comp][group]
-    out = gclass[group][labels]
-    out[labels == 0] = classes[labels == 0]
-    return out
+    out, sieved = kernels.sieve_regions(_as_uint8(classes), int(size), int(nodata), SIEVE_PASSES)
+    return out if sieved else classes
 
 
 def _label_all(classes: np.ndarray, nodata: int) -> tuple[np.ndarray, int]:
     """Label every 4-connected region of every class (nodata stays 0)."""
-    labels = np.zeros(classes.shape, dtype=np.int32)
-    n = 0
-    for value in np.unique(classes):
-        if value == nodata:
-            continue
-        lab, k = ndimage.label(classes == value, structure=_FOUR)
-        inside = lab > 0
-        labels[inside] = lab[inside] + n
-        n += k
-    return labels, n
+    order = np.arange(256, dtype=np.int64)  # by class value, then raster order
+    if 0 <= nodata < 256:
+        order[nodata] = -1
+    labels, n = kernels.label_regions(_as_uint8(classes), order)
+    return labels, int(n)
 
 
-#: (pixel, neighbour) slice pairs for the four 4-neighbour directions.
-_DIRECTIONS = (
-    ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
-    ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
-    ((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
-    ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
-)
+def _as_uint8(classes: np.ndarray) -> np.ndarray:
+    """Class values as a C-contiguous uint8 array (the kernels' one compiled signature)."""
+    if classes.dtype != np.uint8 and classes.size:
+        low, high = classes.min(), classes.max()
+        if low < 0 or high > 255:
+            raise ValueError(f"class values must be 0..255, got {low}..{high}")
+    return np.ascontiguousarray(classes, dtype=np.uint8)
+
+
+def _keep_order(keep: Iterable[int]) -> np.ndarray:
+    """Rank of each class value 0..255 in ``keep`` (-1: not kept), first occurrence wins."""
+    order = np.full(256, -1, dtype=np.int64)
+    rank = 0
+    for value in keep:
+        if 0 <= value < 256 and order[value] < 0:
+            order[value] = rank
+            rank += 1
+    return order
 
 
 def label_regions(classes: np.ndarray, keep: Iterable[int]) -> np.ndarray:
-    """Label each 4-connected region of a kept class with its own positive int32 id."""
-    labels = np.zeros(classes.shape, dtype=np.int32)
-    next_id = 0
-    for value in keep:
-        lab, n = ndimage.label(classes == value, structure=_FOUR)
-        if n:
-            inside = lab > 0
-            labels[inside] = lab[inside] + next_id
-            next_id += n
+    """Label each 4-connected region of a kept class with its own positive int32 id.
+
+    Ids run through the kept classes in ``keep``'s order, then in raster order of each
+    region's first pixel.
+    """
+    labels, _ = kernels.label_regions(_as_uint8(classes), _keep_order(keep))
     return labels
 
 
@@ -216,48 +155,33 @@ def polygonize_block(
     grid_width: int,
     keep: Sequence[int],
 ) -> BlockPolygons:
-    """Polygonize one (already cleaned) block of classes, in global pixel coordinates."""
-    labels = label_regions(classes, keep)
-    n = int(labels.max())
-    flat = labels.ravel()
-    pixels = np.bincount(flat, minlength=n + 1)[1:]
-    conf = confidence.astype(np.int64).ravel()
-    conf_sum = np.bincount(flat, weights=conf, minlength=n + 1)[1:].astype(np.int64)
-    conf_max = np.zeros(n + 1, dtype=np.uint8)
-    np.maximum.at(conf_max, flat, confidence.ravel())
-    class_of = np.zeros(n + 1, dtype=np.uint8)
-    class_of[flat] = classes.ravel()  # every pixel of a label has the same class
-    first_local = np.zeros(n + 1, dtype=np.int64)
-    uniq, idx = np.unique(flat, return_index=True)  # first occurrence in row-major order
-    first_local[uniq] = idx
-    rows, cols = np.divmod(first_local[1:], block.width)
-    first_index = (rows + block.row_off) * grid_width + cols + block.col_off
+    """Polygonize one (already cleaned) block of classes, in global pixel coordinates.
 
-    coords: list[np.ndarray] = []
-    ring_sizes: list[int] = []
-    rings: list[int] = []
-    label_list: list[int] = []
-    if n:
-        shift = Affine.translation(block.col_off, block.row_off)
-        for geom, value in features.shapes(
-            labels, mask=labels > 0, connectivity=4, transform=shift
-        ):
-            label_list.append(int(value))
-            rings.append(len(geom["coordinates"]))
-            for ring in geom["coordinates"]:
-                coords.append(np.asarray(ring, dtype=np.float64))
-                ring_sizes.append(len(ring))
+    One polygon per label of :func:`label_regions`, in label order, traced by
+    :func:`pipeline.kernels.trace_polygons`: the polygons ``rasterio.features.shapes`` gives
+    with 4-connectivity, vertex for vertex.
+    """
+    classes = _as_uint8(classes)
+    labels, n = kernels.label_regions(classes, _keep_order(keep))
+    pixels, conf_sum, conf_max, class_of, first_local = kernels.region_stats(
+        labels, n, classes, np.ascontiguousarray(confidence, dtype=np.uint8)
+    )
+    rows, cols = np.divmod(first_local, block.width)
+    first_index = (rows + block.row_off) * grid_width + cols + block.col_off
+    coords, ring_offsets, poly_offsets = kernels.trace_polygons(
+        labels, n, block.col_off, block.row_off
+    )
     return BlockPolygons(
         block=block,
-        class_value=class_of[1:],
-        pixels=pixels.astype(np.int64),
+        class_value=class_of,
+        pixels=pixels,
         conf_sum=conf_sum,
-        conf_max=conf_max[1:],
+        conf_max=conf_max,
         first_index=first_index.astype(np.int64),
-        label=np.asarray(label_list, dtype=np.int32),
-        coords=np.concatenate(coords) if coords else np.zeros((0, 2)),
-        ring_offsets=np.concatenate([[0], np.cumsum(ring_sizes)]).astype(np.int64),
-        poly_offsets=np.concatenate([[0], np.cumsum(rings)]).astype(np.int64),
+        label=np.arange(1, n + 1, dtype=np.int32),
+        coords=coords,
+        ring_offsets=ring_offsets,
+        poly_offsets=poly_offsets,
         top=labels[0].copy(),
         bottom=labels[-1].copy(),
         left=labels[:, 0].copy(),
@@ -265,11 +189,20 @@ def polygonize_block(
     )
 
 
-def merge_blocks(parts: Sequence[BlockPolygons], grid: Grid, cleanup: Cleanup) -> Polygons:
-    """Join regions across block edges, apply the grid's transform and the clean-up."""
+def merge_blocks(
+    parts: Sequence[BlockPolygons],
+    grid: Grid,
+    cleanup: Cleanup,
+    occupants: np.ndarray | None = None,
+) -> Polygons:
+    """Join regions across block edges, apply the grid's transform and the clean-up.
+
+    ``occupants`` are first-pixel indices of polygons finished elsewhere (see
+    :func:`finish_block`): a hole holding one of them is never filled.
+    """
     parts = [p for p in parts if len(p.class_value)]
     if not parts:
-        return _empty()
+        return empty_polygons()
     offsets = np.cumsum([0] + [len(p.class_value) for p in parts])
     total = int(offsets[-1])
     class_value = np.concatenate([p.class_value for p in parts])
@@ -342,14 +275,16 @@ def merge_blocks(parts: Sequence[BlockPolygons], grid: Grid, cleanup: Cleanup) -
             # The pieces form an exact coverage (integer pixel corners, matched vertices).
             merged[g] = join_pieces(geoms[order[st : st + sizes[g]]], grid)
 
-    # Stable ids: raster order of each polygon's first pixel, whatever the block size.
+    # Raster order of each polygon's first pixel, which also fixes its stable id.
     rank = np.argsort(first, kind="stable")
     merged, pixels, conf_sum = merged[rank], pixels[rank], conf_sum[rank]
-    conf_max, group_class = conf_max[rank], group_class[rank]
-    instance_id = np.arange(1, n_groups + 1, dtype=np.int64)
+    conf_max, group_class, first = conf_max[rank], group_class[rank], first[rank]
+    instance_id = first + 1
 
     geometry = shapely.transform(merged, _to_crs(grid))
-    geometry = _fill_holes(geometry, grid, cleanup.fill_holes_m2)
+    if cleanup.fill_holes_m2 > 0:
+        inside = first if occupants is None else np.concatenate([first, occupants])
+        geometry = _fill_holes(geometry, grid, cleanup.fill_holes_m2, _pixel_centres(inside, grid))
     area, perimeter = measure(geometry, grid)
     keep = area >= cleanup.min_area_m2
     geometry, area, perimeter = geometry[keep], area[keep], perimeter[keep]
@@ -517,27 +452,36 @@ def area_m2(geometry: np.ndarray, grid: Grid) -> np.ndarray:
     return measure(geometry, grid)[0]
 
 
-def _fill_holes(geometry: np.ndarray, grid: Grid, max_m2: float) -> np.ndarray:
-    """Fill interior rings smaller than ``max_m2`` that hold no other polygon."""
-    if max_m2 <= 0 or len(geometry) == 0:
-        return geometry
+def _pixel_centres(index: np.ndarray, grid: Grid) -> np.ndarray:
+    """Points at the centres of pixels given by raster-order index, in the grid's CRS."""
+    rows, cols = np.divmod(index, grid.width)
+    xy = _to_crs(grid)(np.column_stack([cols + 0.5, rows + 0.5]))  # type: ignore[operator]
+    return np.asarray(shapely.points(xy), dtype=object)
+
+
+def _fill_holes(
+    geometry: np.ndarray, grid: Grid, max_m2: float, occupants: np.ndarray
+) -> np.ndarray:
+    """Fill interior rings smaller than ``max_m2`` that hold none of the ``occupants`` points.
+
+    Every polygon holds its own first pixel's centre, so the first pixels of all polygons tell
+    whether a hole holds another polygon.
+    """
     n_holes = shapely.get_num_interior_rings(geometry)
     candidates = np.flatnonzero(n_holes > 0)
     if candidates.size == 0:
         return geometry
-    tree = shapely.STRtree(geometry)
-    points = shapely.point_on_surface(geometry)
+    tree = shapely.STRtree(occupants)
     out = geometry.copy()
     for i in candidates:
         poly = geometry[i]
-        holes = [shapely.Polygon(r) for r in poly.interiors]
-        areas = area_m2(np.array(holes, dtype=object), grid)
-        kept = []
-        for ring, hole, a in zip(poly.interiors, holes, areas, strict=True):
-            inside = tree.query(hole, predicate="contains_properly")
-            occupied = any(j != i and shapely.contains_properly(hole, points[j]) for j in inside)
-            if a >= max_m2 or occupied:
-                kept.append(ring)
+        holes = np.array([shapely.Polygon(r) for r in poly.interiors], dtype=object)
+        areas = area_m2(holes, grid)
+        kept = [
+            ring
+            for ring, hole, a in zip(poly.interiors, holes, areas, strict=True)
+            if a >= max_m2 or len(tree.query(hole, predicate="contains_properly"))
+        ]
         if len(kept) != len(poly.interiors):
             out[i] = shapely.Polygon(poly.exterior, kept)
     return out
@@ -568,7 +512,7 @@ def vectorize(
     keep = list(keep)
     cleanup = Cleanup(sieve_pixels, min_area_m2, fill_holes_m2, simplify_m)
     size = block_size or max(grid.height, grid.width)
-    parts = []
+    finished = []
     for block in blocks(grid, size):
         read, _ = tile_window(grid, block, sieve_halo(cleanup))
         window_classes = classes[
@@ -579,8 +523,99 @@ def vectorize(
             block.row_off : block.row_off + block.height,
             block.col_off : block.col_off + block.width,
         ]
-        parts.append(polygonize_block(cleaned, conf, block, grid.width, keep))
-    return merge_blocks(parts, grid, cleanup)
+        part = polygonize_block(cleaned, conf, block, grid.width, keep)
+        finished.append(finish_block(part, grid, cleanup))
+    occupants = np.concatenate([f.occupants for f in finished])
+    joined = merge_blocks([f.pieces for f in finished], grid, cleanup, occupants)
+    whole = concat_polygons([*(f.polygons for f in finished), joined])
+    return take(whole, np.argsort(whole.instance_id, kind="stable"))
+
+
+@dataclass(frozen=True)
+class FinishedBlock:
+    """A block's polygons that are complete, and the pieces that must be joined to others."""
+
+    polygons: Polygons  # regions wholly inside the block, cleaned and measured
+    pieces: BlockPolygons  # regions touching a neighbouring block, for :func:`merge_blocks`
+    occupants: np.ndarray  # int64 first-pixel index of every region in ``polygons``
+
+
+def finish_block(part: BlockPolygons, grid: Grid, cleanup: Cleanup) -> FinishedBlock:
+    """Finish the regions of a block that touch no neighbouring block; set aside the others.
+
+    A region that touches no edge shared with another block is complete: it is cleaned and
+    measured here, in the worker, so the client only joins the (far fewer) regions that cross
+    block edges. Coverage simplification needs every neighbour of a polygon, so with
+    ``simplify_m`` all regions are set aside for the join.
+    """
+    b = part.block
+    sides = [
+        (b.row_off > 0, part.top),
+        (b.row_off + b.height < grid.height, part.bottom),
+        (b.col_off > 0, part.left),
+        (b.col_off + b.width < grid.width, part.right),
+    ]
+    n = len(part.class_value)
+    touching = np.zeros(n + 1, dtype=bool)
+    for shared, labels in sides:
+        if shared:
+            touching[labels] = True
+    touching = touching[1:]
+    if cleanup.simplify_m > 0:
+        touching[:] = True
+    inner = _subset(part, ~touching)
+    done = merge_blocks([inner], grid, cleanup, occupants=np.empty(0, dtype=np.int64))
+    return FinishedBlock(done, _subset(part, touching), inner.first_index)
+
+
+def _subset(part: BlockPolygons, chosen: np.ndarray) -> BlockPolygons:
+    """The part with only the regions (local labels 1..n) where ``chosen`` is True, renumbered."""
+    new_label = np.zeros(len(chosen) + 1, dtype=np.int32)
+    new_label[1:][chosen] = np.arange(1, int(chosen.sum()) + 1, dtype=np.int32)
+    polys = np.flatnonzero(chosen[part.label - 1]) if len(part.label) else part.label[:0]
+    ring_start, ring_end = part.poly_offsets[polys], part.poly_offsets[polys + 1]
+    rings = _ranges(ring_start, ring_end)
+    coord_start, coord_end = part.ring_offsets[rings], part.ring_offsets[rings + 1]
+    coords = part.coords[_ranges(coord_start, coord_end)]
+    return BlockPolygons(
+        block=part.block,
+        class_value=part.class_value[chosen],
+        pixels=part.pixels[chosen],
+        conf_sum=part.conf_sum[chosen],
+        conf_max=part.conf_max[chosen],
+        first_index=part.first_index[chosen],
+        label=new_label[part.label[polys]],
+        coords=coords,
+        ring_offsets=np.concatenate([[0], np.cumsum(coord_end - coord_start)]).astype(np.int64),
+        poly_offsets=np.concatenate([[0], np.cumsum(ring_end - ring_start)]).astype(np.int64),
+        top=new_label[part.top],
+        bottom=new_label[part.bottom],
+        left=new_label[part.left],
+        right=new_label[part.right],
+    )
+
+
+def _ranges(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(s, e)`` for each pair, without a Python loop."""
+    lengths = end - start
+    if lengths.sum() == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.repeat(start - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return (np.arange(int(lengths.sum())) + offsets).astype(np.int64)
+
+
+def concat_polygons(batches: Sequence[Polygons]) -> Polygons:
+    """One :class:`Polygons` holding the rows of every batch, in order."""
+    if not batches:
+        return empty_polygons()
+    return Polygons(
+        **{f.name: np.concatenate([getattr(b, f.name) for b in batches]) for f in fields(Polygons)}
+    )
+
+
+def take(polys: Polygons, index: np.ndarray) -> Polygons:
+    """The rows of ``polys`` at ``index`` (an integer or boolean index array)."""
+    return Polygons(**{f.name: getattr(polys, f.name)[index] for f in fields(Polygons)})
 
 
 def sieve_halo(cleanup: Cleanup) -> int:
@@ -603,7 +638,8 @@ def clean_window(
     return cleaned[top : top + block.height, left : left + block.width]
 
 
-def _empty() -> Polygons:
+def empty_polygons() -> Polygons:
+    """No polygons: every column empty, with its dtype."""
     return Polygons(
         geometry=np.empty(0, dtype=object),
         class_value=np.empty(0, dtype=np.uint8),

@@ -141,6 +141,20 @@ def test_build_network_is_torchgeos_unet():
     assert forward(net.eval(), torch.rand(1, 4, 64, 32)).shape == (1, 3, 64, 32)
 
 
+@pytest.mark.parametrize("arch", ["deeplabv3+", "upernet", "fcn"])
+def test_build_network_matches_torchgeos_task(arch):
+    from torchgeo.trainers import SemanticSegmentationTask
+
+    ours = build_network(arch, "resnet18", 5, 4)
+    theirs = SemanticSegmentationTask(
+        model=arch, backbone="resnet18", weights=None, in_channels=5, num_classes=4
+    ).model
+    assert type(ours) is type(theirs)
+    mine, other = ours.state_dict(), theirs.state_dict()
+    assert mine.keys() == other.keys()
+    assert all(mine[k].shape == other[k].shape for k in mine)
+
+
 def test_build_network_unknown_backbone():
     message = user_error(ModelError, build_network, "unet", "resnet_nope", 3, 2)
     assert "resnet_nope" in message and "unet" in message

@@ -7,8 +7,17 @@ from pyproj import Geod
 from rasterio.crs import CRS
 from scipy import ndimage
 
-from pipeline.grid import Grid
-from pipeline.vectorize import Polygons, label_regions, sieve, vectorize
+from pipeline.grid import Block, Grid, blocks, tile_window
+from pipeline.vectorize import (
+    Cleanup,
+    Polygons,
+    clean_window,
+    label_regions,
+    polygonize_block,
+    sieve,
+    sieve_halo,
+    vectorize,
+)
 from tests.data import ORIGIN, UTM18
 
 NODATA = 255
@@ -446,7 +455,10 @@ def test_sieve_rule_majority_of_neighbours() -> None:
     assert (out[a != 1] == a[a != 1]).all()
 
 
-def test_hole_filling_and_perimeter() -> None:
+@pytest.mark.parametrize("block", [None, 8, 19])
+def test_hole_filling_and_perimeter(block: int | None) -> None:
+    # With blocks of 8 or 19 the ring crosses blocks while the islands in its holes lie
+    # wholly inside one block: they are finished apart from the ring and must still count.
     classes = np.zeros((40, 40), dtype=np.uint8)
     classes[5:35, 5:35] = 1
     classes[10:12, 10:12] = 0  # 4 px hole = 400 m²: filled with fill_holes_m2=500
@@ -454,7 +466,7 @@ def test_hole_filling_and_perimeter() -> None:
     classes[24:26, 24:26] = 1  # an island in the big hole: its own polygon
     conf = _conf(classes.shape)
     grid = _utm_grid(40, 40)
-    polys = vectorize(classes, conf, grid, [1], nodata=NODATA, fill_holes_m2=500)
+    polys = vectorize(classes, conf, grid, [1], nodata=NODATA, fill_holes_m2=500, block_size=block)
     big = polys.geometry[np.argmax(polys.area_m2)]
     assert len(big.interiors) == 1 and big.area == pytest.approx((900 - 100) * 100)
     assert polys.perimeter_m[np.argmax(polys.area_m2)] == pytest.approx(4 * 300 + 4 * 100)
@@ -463,7 +475,7 @@ def test_hole_filling_and_perimeter() -> None:
     classes[10, 10] = classes[10, 11] = classes[11, 10] = 0
     classes[10:13, 10:13] = 0
     classes[11, 11] = 1
-    polys = vectorize(classes, conf, grid, [1], nodata=NODATA, fill_holes_m2=1e9)
+    polys = vectorize(classes, conf, grid, [1], nodata=NODATA, fill_holes_m2=1e9, block_size=block)
     assert shapely.area(polys.geometry).sum() == pytest.approx((classes == 1).sum() * 100)
 
 
@@ -484,3 +496,86 @@ def test_simplify_keeps_shared_edges() -> None:
             vectorize(classes, conf, grid, [0, 1, 2], nodata=NODATA).geometry
         ).sum()
     )
+
+
+# --- the per-block functions on their own -------------------------------------------------
+
+
+@pytest.mark.parametrize(("size", "block"), [(3, 17), (6, 23), (9, 40)])
+def test_sieve_of_a_block_with_its_halo_equals_the_whole_sieve(size: int, block: int) -> None:
+    rng = np.random.default_rng(size)
+    classes = _blobs(90, 110, seed=size, k=3)
+    classes[rng.random(classes.shape) < 0.08] = rng.integers(0, 3)  # specks to sieve
+    grid = _utm_grid(*classes.shape)
+    cleanup = Cleanup(sieve_pixels=size)
+    whole = sieve(classes, size, NODATA)
+    assert (whole != classes).sum() > 50
+    for b in blocks(grid, block):
+        read, _ = tile_window(grid, b, sieve_halo(cleanup))
+        window = classes[
+            read.row_off : read.row_off + read.height, read.col_off : read.col_off + read.width
+        ]
+        np.testing.assert_array_equal(
+            clean_window(window, read, b, cleanup, NODATA),
+            whole[b.row_off : b.row_off + b.height, b.col_off : b.col_off + b.width],
+        )
+
+
+def test_sieve_takes_any_integer_dtype() -> None:
+    classes = _blobs(30, 30, seed=8)
+    out = sieve(classes.astype(np.int64), 5, NODATA)
+    np.testing.assert_array_equal(out, sieve(classes, 5, NODATA))
+    with pytest.raises(ValueError, match="0..255"):
+        sieve(classes.astype(np.int64) + 300, 5, NODATA)
+
+
+def test_polygonize_block_equals_gdal_and_bincount() -> None:
+    classes = _test_raster(5)
+    conf = _conf(classes.shape, 9)
+    b = Block(40, 70, 60, 50)  # somewhere inside a larger grid
+    part_classes = classes[40:100, 70:120]
+    part_conf = conf[40:100, 70:120]
+    keep = [2, 0, 1]
+    got = polygonize_block(part_classes, part_conf, b, 1000, keep)
+    labels = label_regions(part_classes, keep)
+    n = int(labels.max())
+    flat = labels.ravel()
+    np.testing.assert_array_equal(got.label, np.arange(1, n + 1))
+    np.testing.assert_array_equal(got.pixels, np.bincount(flat, minlength=n + 1)[1:])
+    np.testing.assert_array_equal(
+        got.conf_sum, np.bincount(flat, weights=part_conf.ravel(), minlength=n + 1)[1:]
+    )
+    _, first = np.unique(flat, return_index=True)
+    np.testing.assert_array_equal(got.class_value, part_classes.ravel()[first[1:]])
+    rows, cols = np.divmod(first[1:], b.width)
+    np.testing.assert_array_equal(got.first_index, (rows + 40) * 1000 + cols + 70)
+    np.testing.assert_array_equal(got.top, labels[0])
+    np.testing.assert_array_equal(got.right, labels[:, -1])
+    for name in ("class_value", "conf_max"):
+        assert getattr(got, name).dtype == np.uint8
+    for name in ("pixels", "conf_sum", "first_index", "ring_offsets", "poly_offsets"):
+        assert getattr(got, name).dtype == np.int64
+    # Vertex for vertex what rasterio gives for the same labels, in global pixel coordinates.
+    from rasterio import features
+    from rasterio.transform import Affine
+
+    built = shapely.from_ragged_array(
+        shapely.GeometryType.POLYGON, got.coords, (got.ring_offsets, got.poly_offsets)
+    )
+    assert len(built) == n and shapely.is_valid(built).all()
+    shift = Affine.translation(70, 40)
+    for geom, value in features.shapes(labels, mask=labels > 0, connectivity=4, transform=shift):
+        ours = built[int(value) - 1]
+        rings = [np.asarray(ours.exterior.coords)] + [np.asarray(r.coords) for r in ours.interiors]
+        assert len(rings) == len(geom["coordinates"])
+        for a, want in zip(rings, geom["coordinates"], strict=True):
+            np.testing.assert_array_equal(a, np.asarray(want))
+
+
+def test_polygonize_block_nothing_kept() -> None:
+    classes = np.full((5, 6), 3, np.uint8)
+    got = polygonize_block(classes, _conf(classes.shape), Block(0, 0, 5, 6), 6, [1])
+    assert len(got.label) == len(got.pixels) == 0
+    assert got.coords.shape == (0, 2)
+    np.testing.assert_array_equal(got.ring_offsets, [0])
+    np.testing.assert_array_equal(got.poly_offsets, [0])

@@ -29,11 +29,37 @@ from pipeline.workflow import ClassDef, TorchGeoModelConfig
 _STRIDE = 32
 
 
-def build_network(arch: str, backbone: str, in_channels: int, num_classes: int) -> nn.Module:
-    """The bare network TorchGeo's SemanticSegmentationTask builds, randomly initialised."""
-    from torchgeo.trainers import SemanticSegmentationTask
+#: The segmentation_models_pytorch class TorchGeo's ``SemanticSegmentationTask`` builds per
+#: ``model`` (torchgeo 0.8 ``configure_models``); ``fcn`` is TorchGeo's own network.
+_SMP_ARCHS = {
+    "unet": "Unet",
+    "deeplabv3+": "DeepLabV3Plus",
+    "upernet": "UPerNet",
+    "segformer": "Segformer",
+    "dpt": "DPT",
+}
 
+
+def build_network(arch: str, backbone: str, in_channels: int, num_classes: int) -> nn.Module:
+    """The bare network TorchGeo's SemanticSegmentationTask builds, randomly initialised.
+
+    The segmentation_models_pytorch networks are built directly, with the arguments the task
+    passes (a test checks the two agree parameter for parameter): importing the task pulls in
+    Lightning and its metrics, about 200 MB in every worker that only runs inference.
+    """
     try:
+        if arch in _SMP_ARCHS:
+            import segmentation_models_pytorch as smp
+
+            net: nn.Module = getattr(smp, _SMP_ARCHS[arch])(
+                encoder_name=backbone,
+                encoder_weights=None,
+                in_channels=in_channels,
+                classes=num_classes,
+            )
+            return net
+        from torchgeo.trainers import SemanticSegmentationTask
+
         task = SemanticSegmentationTask(
             model=arch,  # type: ignore[arg-type]
             backbone=backbone,

@@ -1,0 +1,50 @@
+"""What every benchmark shares: the generated grid, peak memory, and steps in their own process."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from typing import Any
+
+from rasterio.crs import CRS
+
+from pipeline.grid import Grid
+
+
+def bench_grid(size: int) -> Grid:
+    """A 10 m UTM grid of ``size`` × ``size`` pixels (Sentinel-2 tile 18STG's corner)."""
+    return Grid(
+        CRS.from_epsg(32618).to_wkt(), (10.0, 0.0, 399960.0, 0.0, -10.0, 4200000.0), size, size
+    )
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (2^20 bytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def default_workers() -> int:
+    """Worker processes a benchmark uses by default: one per core."""
+    return len(os.sched_getaffinity(0))
+
+
+def in_subprocess(target: str, *args: str) -> dict[str, Any]:
+    """Run ``module:function(*args)`` in a fresh Python process and return its JSON result.
+
+    A fresh process per step makes each step's peak memory its own and keeps one step's
+    imports, caches and threads from changing another's timing.
+    """
+    module, func = target.split(":")
+    code = (
+        f"import json, sys; from {module} import {func}; print(json.dumps({func}(*sys.argv[1:])))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark step {target} failed:\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result

@@ -1,0 +1,401 @@
+"""``geoseg bench`` for the model: the whole pipeline against the model alone and TorchGeo's way.
+
+On one generated scene (:func:`~pipeline.bench.scenes.write_scene`) and one network (a seeded
+random U-Net/ResNet18, or ``--model CKPT``), each step in its own fresh process so that its
+peak memory is its own:
+
+- **model only**: the forward passes alone, on the very input tiles the pipeline classifies
+  (each block with its halo), in a plain loop over in-memory tensors, split over as many
+  processes of one torch thread as the pipeline has workers, started together;
+- **pipeline**: ``geoseg run`` on the scene, read to GeoPackage, on a local cluster started
+  before the clock starts (start-up is reported apart as ``startup_s``: a batch job pays it
+  once, not per scene);
+- **peer**: TorchGeo's own way: ``RasterDataset`` + ``GridGeoSampler`` + ``DataLoader``, each
+  chip's prediction written into a numpy array of the scene, then a GeoTIFF; all cores as
+  torch threads in one process;
+- **parity**: the class raster of the scene's central 1024² block computed with tile 256 and
+  with tile 1024 (halo 64 both); with random weights this says little, hence ``--model``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from pipeline.bench.common import bench_grid, in_subprocess, peak_rss_mb
+from pipeline.bench.scenes import SCENE_BANDS, write_scene
+from pipeline.errors import ConfigError
+from pipeline.grid import Block, blocks
+from pipeline.workflow import ClassDef, CleanupConfig, TorchGeoModelConfig, Workflow
+
+#: The pipeline's tiling in the benchmark: 1024 blocks with a 32 px halo (1088² inputs).
+TILE = 1024
+HALO = 32
+#: The peer's tiling, as TorchGeo's examples do it: 512 chips overlapping by 64, batches of 4.
+PEER_CHIP = 512
+PEER_STRIDE = 448
+PEER_BATCH = 4
+#: Edge of the central window the tile-size parity is measured on, and its halo.
+PARITY_WINDOW = 1024
+PARITY_HALO = 64
+
+_CLASSES = (
+    ClassDef(value=0, name="other", colour="#d9c58b", vectorize=False),
+    ClassDef(value=1, name="forest", colour="#1b7837"),
+)
+
+
+def write_random_unet(path: Path, bands: tuple[str, ...] = SCENE_BANDS, seed: int = 0) -> Path:
+    """Save a seeded, untrained U-Net/ResNet18 for ``bands`` (2 classes) as a geoseg checkpoint."""
+    import torch
+
+    from pipeline.models.card import CardClass, ModelCard, Normalization
+    from pipeline.models.checkpoints import save_checkpoint
+    from pipeline.models.networks import build_network
+
+    torch.manual_seed(seed)
+    net = build_network("unet", "resnet18", len(bands), len(_CLASSES))
+    card = ModelCard(
+        arch="unet",
+        backbone="resnet18",
+        bands=bands,
+        classes=tuple(CardClass(value=c.value, name=c.name, colour=c.colour) for c in _CLASSES),
+        gsd_m=10.0,
+        normalization=Normalization(mean=(0.1,) * len(bands), std=(0.1,) * len(bands)),
+        training_data={"note": "untrained: random weights for speed and memory benchmarks"},
+    )
+    hparams = {
+        "model": "unet",
+        "backbone": "resnet18",
+        "in_channels": len(bands),
+        "num_classes": len(_CLASSES),
+    }
+    save_checkpoint(path, dict(net.state_dict()), hparams, card)
+    return path
+
+
+def bench_workflow(checkpoint: str, tile: int = TILE, halo: int = HALO, batch: int = 1) -> Workflow:
+    """The workflow the benchmark runs: the checkpoint's network and classes, an 8 px sieve.
+
+    Every class but the first (the background) becomes polygons; a one-class model's class does.
+    """
+    from pipeline.models.checkpoints import load_checkpoint
+
+    card = load_checkpoint(checkpoint).card
+    if card is None:
+        raise ConfigError(
+            f"{checkpoint}: no model card (bands, classes); bench needs a checkpoint written by "
+            "geoseg train"
+        )
+    if card.needs_before:
+        raise ConfigError(
+            f"{checkpoint}: the model compares two dates; bench generates one-date scenes only"
+        )
+    classes = tuple(
+        ClassDef(value=c.value, name=c.name, colour=c.colour, vectorize=c.value > 0)
+        for c in card.classes
+    )
+    if len(classes) == 1:
+        classes = (classes[0].model_copy(update={"vectorize": True}),)
+    return Workflow(
+        name="bench",
+        model=TorchGeoModelConfig(
+            kind="torchgeo",
+            arch=card.arch,  # type: ignore[arg-type]
+            backbone=card.backbone,
+            checkpoint=checkpoint,
+            batch_size=batch,
+        ),
+        classes=classes,
+        tile_size=tile,
+        halo=halo,
+        cleanup=CleanupConfig(sieve_pixels=8),
+    )
+
+
+def _write_catalog(folder: Path, scene: Path, bands: tuple[str, ...]) -> Path:
+    path = folder / "catalog.yaml"
+    entry = {"path": str(scene), "bands": list(bands), "scale": 0.0001, "nodata": 0}
+    entry |= {"sensor": "generated", "acquired": "2026-01-01"}
+    path.write_text(yaml.safe_dump({"scenes": {"bench": entry}}), encoding="utf-8")
+    return path
+
+
+def _load(workflow_json: str) -> Workflow:
+    return Workflow.model_validate_json(Path(workflow_json).read_text(encoding="utf-8"))
+
+
+def _model_only_worker(
+    workflow_json: str, shapes: list[tuple[int, int, int, int]], start: Any, out: Any
+) -> None:
+    import torch
+
+    from pipeline.models import build_model
+
+    torch.set_num_threads(1)
+    workflow = _load(workflow_json)
+    model = build_model(workflow.model, workflow.classes)
+    gen = torch.Generator().manual_seed(0)
+    inputs = {
+        s: (torch.rand(s, generator=gen) * 0.3).contiguous(memory_format=torch.channels_last)
+        for s in set(shapes)
+    }
+    with torch.inference_mode():
+        model(inputs[shapes[0]][:1, :, :64, :64])  # first-call set-up off the clock
+        start.wait()
+        t0 = time.perf_counter()
+        for s in shapes:
+            model(inputs[s])
+        out.put((time.perf_counter() - t0, peak_rss_mb()))
+
+
+def run_model_only(workflow_json: str, size: str, workers: str) -> dict[str, Any]:
+    """Forward passes alone over the pipeline's input tiles, in ``workers`` processes at once."""
+    from pipeline.inference import batches
+
+    workflow = _load(workflow_json)
+    grid = bench_grid(int(size))
+    channels = len(SCENE_BANDS)
+    from pipeline.models.checkpoints import load_checkpoint
+
+    card = load_checkpoint(workflow.model.checkpoint or "").card  # type: ignore[union-attr]
+    if card is not None:
+        channels = card.in_channels
+    halo = workflow.halo
+    groups = batches(blocks(grid, workflow.tile_size), getattr(workflow.model, "batch_size", 1))
+    shapes = [(len(g), channels, g[0].height + 2 * halo, g[0].width + 2 * halo) for g in groups]
+    shares = [s for s in (shapes[i :: int(workers)] for i in range(int(workers))) if s]
+    ctx = mp.get_context("spawn")
+    start = ctx.Barrier(len(shares))
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_model_only_worker, args=(workflow_json, share, start, out))
+        for share in shares
+    ]
+    for p in procs:
+        p.start()
+    results = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return {
+        "model_only_s": max(r[0] for r in results),
+        "model_only_peak_rss_mb": max(r[1] for r in results),
+        "tiles": len(shapes),
+        "input_mpx": sum(s[0] * s[2] * s[3] for s in shapes) / 1e6,
+    }
+
+
+def run_pipeline(catalog: str, workflow_json: str, out: str, workers: str) -> dict[str, Any]:
+    """``geoseg run`` on the generated scene, on a cluster started off the clock."""
+    import pyogrio
+
+    from pipeline.catalog import load_catalog
+    from pipeline.orchestrate import RunOptions, dask_client, run
+
+    workflow = _load(workflow_json)
+    t0 = time.perf_counter()
+    with dask_client(int(workers), None) as client:
+        startup = time.perf_counter() - t0
+        address = client.scheduler.address
+        result = run(
+            workflow,
+            load_catalog(catalog),
+            "bench",
+            options=RunOptions(out=Path(out), scheduler=address, progress=False),
+        )
+        worker_rss = client.run(peak_rss_mb)
+    times = result.summary["times"]
+    setup = times["cluster_start_s"] + times["model_setup_s"]
+    gpkg = result.folder / "polygons.gpkg"
+    return {
+        "pipeline_s": times["total_s"] - setup,
+        "pipeline_raster_s": times["plan_s"] + times["tiles_s"] + times["cog_s"],
+        "startup_s": startup + setup,
+        "times": times,
+        "polygons": int(pyogrio.read_info(str(gpkg), layer="bench")["features"]),
+        "client_peak_rss_mb": peak_rss_mb(),
+        "worker_peak_rss_mb": max(worker_rss.values()),
+    }
+
+
+def run_peer(scene: str, workflow_json: str, out: str, threads: str) -> dict[str, Any]:
+    """TorchGeo's own way: RasterDataset + GridGeoSampler + DataLoader, prediction to GeoTIFF."""
+    import rasterio
+    import torch
+    from torch.utils.data import DataLoader
+    from torchgeo.datasets import RasterDataset, stack_samples
+    from torchgeo.samplers import GridGeoSampler
+
+    from pipeline.models import build_model
+
+    torch.set_num_threads(int(threads))
+    workflow = _load(workflow_json)
+    model = build_model(workflow.model, workflow.classes)
+
+    class Scene(RasterDataset):
+        filename_glob = Path(scene).name
+        is_image = True
+        separate_files = False
+
+    t0 = time.perf_counter()
+    dataset = Scene(paths=str(Path(scene).parent))
+    sampler = GridGeoSampler(dataset, size=PEER_CHIP, stride=PEER_STRIDE)
+    loader = DataLoader(
+        dataset, sampler=sampler, batch_size=PEER_BATCH, collate_fn=stack_samples, num_workers=0
+    )
+    with rasterio.open(scene) as src:
+        profile, transform = src.profile, src.transform
+    height, width = profile["height"], profile["width"]
+    prediction = np.full((height, width), 255, dtype=np.uint8)  # 255: never predicted
+    chips = 0
+    with torch.inference_mode():
+        for batch in loader:
+            x = (batch["image"].float() * 1e-4).contiguous(memory_format=torch.channels_last)
+            classes = model(x).argmax(dim=1).to(torch.uint8).numpy()
+            for k, (xs, ys, _) in enumerate(batch["bounds"]):
+                col = round((xs.start - transform.c) / transform.a)
+                row = round((ys.stop - transform.f) / transform.e)
+                # The sampler's last chips may reach past the scene (it reads zeros there).
+                r0, c0 = max(row, 0), max(col, 0)
+                r1, c1 = min(row + PEER_CHIP, height), min(col + PEER_CHIP, width)
+                prediction[r0:r1, c0:c1] = classes[k, r0 - row : r1 - row, c0 - col : c1 - col]
+                chips += 1
+    profile.update(count=1, dtype="uint8", nodata=255, compress="deflate", tiled=True)
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(prediction, 1)
+    return {
+        "peer_s": time.perf_counter() - t0,
+        "peer_peak_rss_mb": peak_rss_mb(),
+        "chips": chips,
+        "unpredicted": int((prediction == 255).sum()),
+    }
+
+
+def run_parity(catalog: str, workflow_json: str) -> dict[str, Any]:
+    """Agreement of the classes of the central block computed at tile 1024 and at tile 256."""
+    import torch
+
+    from pipeline.catalog import load_catalog
+    from pipeline.inference import process_block
+    from pipeline.models import build_model
+    from pipeline.reading import scene_grid
+
+    torch.set_num_threads(1)
+    workflow = _load(workflow_json)
+    model = build_model(workflow.model, workflow.classes)
+    scene = load_catalog(catalog).scene("bench")
+    grid = scene_grid(scene, model.bands)
+    edge = min(PARITY_WINDOW, grid.height, grid.width) // 256 * 256
+    if edge == 0:
+        return {"tile_parity": None}
+    r0 = (grid.height - edge) // 2 // 256 * 256
+    c0 = (grid.width - edge) // 2 // 256 * 256
+    big, _ = process_block(model, scene, None, grid, Block(r0, c0, edge, edge), PARITY_HALO)
+    small = np.empty_like(big)
+    for r in range(0, edge, 256):
+        for c in range(0, edge, 256):
+            small[r : r + 256, c : c + 256], _ = process_block(
+                model, scene, None, grid, Block(r0 + r, c0 + c, 256, 256), PARITY_HALO
+            )
+    return {"tile_parity": float((big == small).mean()), "parity_window": edge}
+
+
+def bench_model(
+    size: int,
+    workers: int,
+    model: str | None = None,
+    tile: int = TILE,
+    halo: int = HALO,
+    batch: int = 1,
+    peer: bool = True,
+) -> dict[str, Any]:
+    """Generate a ``size``² scene and measure model only, pipeline, peer and tile parity on it."""
+    with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as tmp:
+        folder = Path(tmp)
+        checkpoint = Path(model).resolve() if model else write_random_unet(folder / "unet.ckpt")
+        if not checkpoint.is_file():
+            raise ConfigError(f"{checkpoint}: checkpoint not found")
+        workflow = bench_workflow(str(checkpoint), tile, halo, batch)
+        from pipeline.models import build_model
+
+        bands = build_model(workflow.model, workflow.classes).bands
+        workflow_json = folder / "workflow.json"
+        workflow_json.write_text(workflow.model_dump_json(), encoding="utf-8")
+        t0 = time.perf_counter()
+        scene = write_scene(folder / "scene.tif", size, bands)
+        generate_s = time.perf_counter() - t0
+        catalog = _write_catalog(folder, scene, bands)
+        wf, n = str(workflow_json), str(workers)
+        step = "pipeline.bench.model:"
+        alone = in_subprocess(step + "run_model_only", wf, str(size), n)
+        pipe = in_subprocess(step + "run_pipeline", str(catalog), wf, str(folder / "out"), n)
+        result: dict[str, Any] = {
+            "size": size,
+            "workers": workers,
+            "model": str(model) if model else "random U-Net/ResNet18 (untrained)",
+            "bands": list(bands),
+            "tile_size": tile,
+            "halo": halo,
+            "batch_size": batch,
+            "scene_generate_s": generate_s,
+            "model_only_s": alone["model_only_s"],
+            "model_only_tiles": alone["tiles"],
+            "model_only_input_mpx": alone["input_mpx"],
+            "pipeline_s": pipe["pipeline_s"],
+            "pipeline_raster_s": pipe["pipeline_raster_s"],
+            "startup_s": pipe["startup_s"],
+            "overhead_ratio": pipe["pipeline_s"] / alone["model_only_s"],
+            "pipeline_polygons": pipe["polygons"],
+            "pipeline_times": pipe["times"],
+            "peak_rss_mb": max(pipe["client_peak_rss_mb"], pipe["worker_peak_rss_mb"]),
+            "client_peak_rss_mb": pipe["client_peak_rss_mb"],
+            "worker_peak_rss_mb": pipe["worker_peak_rss_mb"],
+            "model_only_peak_rss_mb": alone["model_only_peak_rss_mb"],
+        }
+        if peer:
+            theirs = in_subprocess(step + "run_peer", str(scene), wf, str(folder / "peer.tif"), n)
+            result |= {
+                "peer_s": theirs["peer_s"],
+                "peer_chips": theirs["chips"],
+                "peer_ratio": theirs["peer_s"] / pipe["pipeline_raster_s"],
+                "peer_peak_rss_mb": theirs["peer_peak_rss_mb"],
+                "peer_unpredicted_pixels": theirs["unpredicted"],
+                "peer_agreement": _agreement(
+                    folder / "out" / "bench" / "bench" / "classes.tif", folder / "peer.tif"
+                ),
+            }
+        result |= in_subprocess(step + "run_parity", str(catalog), wf)
+        return result
+
+
+def _agreement(ours: Path, theirs: Path) -> float:
+    """Share of pixels where two class rasters on one grid agree, read a band of rows at a time."""
+    import rasterio
+    from rasterio.windows import Window
+
+    same = 0
+    with rasterio.open(ours) as a, rasterio.open(theirs) as b:
+        for row in range(0, a.height, 1024):
+            window = Window(0, row, a.width, min(1024, a.height - row))
+            same += int((a.read(1, window=window) == b.read(1, window=window)).sum())
+        return same / (a.width * a.height)
+
+
+def describe(result: dict[str, Any]) -> str:
+    """The result as aligned ``key value`` lines (nested times as JSON)."""
+    lines = []
+    for key, value in result.items():
+        if isinstance(value, float):
+            lines.append(f"{key:32} {value:.3f}")
+        elif isinstance(value, dict):
+            lines.append(f"{key:32} {json.dumps({k: round(v, 2) for k, v in value.items()})}")
+        else:
+            lines.append(f"{key:32} {value}")
+    return "\n".join(lines)

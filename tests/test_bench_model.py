@@ -1,0 +1,68 @@
+"""`geoseg bench --part model`: generated scenes, the benchmark's model, and a short smoke run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from pipeline.bench.model import bench_workflow, write_random_unet
+from pipeline.bench.scenes import SCENE_BANDS, write_scene
+from pipeline.cli import main
+from pipeline.models import build_model
+
+
+def test_generated_scene_has_forest_bare_ground_and_water(tmp_path: Path) -> None:
+    a = write_scene(tmp_path / "a.tif", 700, seed=2)
+    b = write_scene(tmp_path / "b.tif", 700, seed=2)
+    with rasterio.open(a) as ra, rasterio.open(b) as rb:
+        x = ra.read()
+        np.testing.assert_array_equal(x, rb.read())
+        assert ra.count == len(SCENE_BANDS) and ra.dtypes[0] == "uint16" and ra.nodata == 0
+    refl = x.astype(np.float64) / 10000
+    red, nir = refl[SCENE_BANDS.index("red")], refl[SCENE_BANDS.index("nir")]
+    ndvi = (nir - red) / (nir + red)
+    # Patches of each surface, not noise: a sizeable share of clear forest, bare ground, water.
+    assert (ndvi > 0.6).mean() > 0.1
+    assert ((ndvi > 0) & (ndvi < 0.4)).mean() > 0.1
+    assert (ndvi < 0).mean() > 0.01
+    assert (x > 0).all()  # nodata (0) never generated
+
+
+def test_random_unet_checkpoint_builds_the_bench_workflow(tmp_path: Path) -> None:
+    ckpt = write_random_unet(tmp_path / "u.ckpt", ("red", "nir", "swir16"), seed=1)
+    workflow = bench_workflow(str(ckpt), tile=256, halo=16)
+    assert (workflow.tile_size, workflow.halo) == (256, 16)
+    assert [c.vectorize for c in workflow.classes] == [False, True]
+    model = build_model(workflow.model, workflow.classes)
+    assert model.bands == ("red", "nir", "swir16") and model.num_classes == 2
+
+
+@pytest.mark.slow
+def test_bench_model_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = write_random_unet(tmp_path / "u.ckpt", ("green", "red", "nir"), seed=3)
+    args = ["bench", "--part", "model", "--size", "640", "--workers", "1"]
+    args += ["--tile-size", "256", "--halo", "16", "--model", str(ckpt), "--json"]
+    assert main(args) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["bands"] == ["green", "red", "nir"]
+    assert r["model_only_tiles"] == 9  # 640 = 256 + 256 + 128 per axis
+    assert r["model_only_input_mpx"] == pytest.approx((2 * 288 + 160) ** 2 / 1e6)
+    for key in ("model_only_s", "pipeline_s", "peer_s", "peak_rss_mb", "peer_peak_rss_mb"):
+        assert r[key] > 0
+    assert r["overhead_ratio"] == pytest.approx(r["pipeline_s"] / r["model_only_s"])
+    assert r["peer_ratio"] == pytest.approx(r["peer_s"] / r["pipeline_raster_s"])
+    assert r["peer_chips"] == 4  # 512 chips at stride 448 over 640 px: 2 × 2
+    assert r["peer_unpredicted_pixels"] == 0
+    assert 0 <= r["peer_agreement"] <= 1 and 0 <= r["tile_parity"] <= 1
+    assert r["parity_window"] == 512
+
+
+def test_bench_rejects_a_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    code = main(["bench", "--part", "model", "--model", str(tmp_path / "none.ckpt")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "none.ckpt" in err
+    assert len(err.strip().splitlines()) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -441,6 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``geoseg`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Before GDAL first reads: its block cache would otherwise take 5 % of RAM (see
+    # pipeline.orchestrate.GDAL_CACHE_MB, which workers get).
+    os.environ.setdefault("GDAL_CACHEMAX", "64")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_quiet_dask)

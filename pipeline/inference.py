@@ -16,10 +16,7 @@ from pipeline.errors import ModelError
 from pipeline.grid import Block, Grid, Padding, tile_window
 from pipeline.models.base import SegmentationModel
 from pipeline.reading import read_window
-from pipeline.stitch import crop_block, pad_tile
-
-#: Value of ``classes.tif`` and ``confidence.tif`` where there is no data.
-NODATA = 255
+from pipeline.stitch import NODATA, crop_block, pad_tile
 
 
 def predict_tile(

@@ -350,7 +350,7 @@ def trace_polygons(
     """Rings of labels 1..n (each one 4-connected region): coords, ring and polygon offsets.
 
     Polygon ``i`` is label ``i + 1``: its exterior, then its holes, each a closed ring of
-    pixel-corner coordinates ``(col + col_off, row + row_off)`` with a vertex only where the
+    int32 pixel-corner coordinates ``(col + col_off, row + row_off)`` with a vertex only where the
     outline turns. Rings run with the region on their left on screen (exterior
     counter-clockwise, holes clockwise, rows growing down) from their top-left vertex, holes
     in raster order of that vertex: as GDAL's polygonize writes them.
@@ -455,7 +455,7 @@ def trace_polygons(
         lab = ring_label[i] - 1
         order[pos[lab]] = i
         pos[lab] += 1
-    coords = np.empty((k, 2), dtype=np.float64)
+    coords = np.empty((k, 2), dtype=np.int32)
     ring_offsets = np.empty(n_rings + 1, dtype=np.int64)
     ring_offsets[0] = 0
     out = 0
@@ -467,3 +467,430 @@ def trace_polygons(
             out += 1
         ring_offsets[j + 1] = out
     return coords, ring_offsets, poly_offsets
+
+
+@numba.njit(cache=True, inline="always")
+def _on_cut(x0: int, y0: int, x1: int, y1: int, cut_x: np.ndarray, cut_y: np.ndarray) -> bool:
+    return (x0 == x1 and cut_x[x0]) or (y0 == y1 and cut_y[y0])
+
+
+@numba.njit(cache=True)
+def _count_segments(
+    coords: np.ndarray,
+    ring_offsets: np.ndarray,
+    poly_offsets: np.ndarray,
+    group_offsets: np.ndarray,
+    group_polys: np.ndarray,
+    cut_x: np.ndarray,
+    cut_y: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: segments once cut into unit steps on the cut lines, and those unit steps."""
+    n_groups = group_offsets.shape[0] - 1
+    total = np.zeros(n_groups, dtype=np.int64)
+    on_cut = np.zeros(n_groups, dtype=np.int64)
+    for g in range(n_groups):
+        for t in range(group_offsets[g], group_offsets[g + 1]):
+            p = group_polys[t]
+            for r in range(poly_offsets[p], poly_offsets[p + 1]):
+                for i in range(ring_offsets[r], ring_offsets[r + 1] - 1):
+                    x0 = int(coords[i, 0])
+                    y0 = int(coords[i, 1])
+                    x1 = int(coords[i + 1, 0])
+                    y1 = int(coords[i + 1, 1])
+                    if _on_cut(x0, y0, x1, y1, cut_x, cut_y):
+                        steps = abs(x1 - x0) + abs(y1 - y0)
+                        total[g] += steps
+                        on_cut[g] += steps
+                    else:
+                        total[g] += 1
+    return total, on_cut
+
+
+@numba.njit(cache=True, inline="always")
+def _sign(v: int) -> int:
+    return (v > 0) - (v < 0)
+
+
+@numba.njit(cache=True)
+def _order_holes(out: np.ndarray, out_rings: np.ndarray, first: int, last: int) -> None:
+    """Rings ``first..last - 1`` from their top-left vertex, in raster order of that vertex.
+
+    This is how :func:`trace_polygons` writes holes, so a joined polygon is the whole
+    raster's polygon vertex for vertex, whatever the blocks.
+    """
+    a = out_rings[first]
+    b = out_rings[last]
+    n = last - first
+    keys = np.empty(n, dtype=np.int64)
+    start = np.empty(n, dtype=np.int64)
+    x_span = np.int64(1) << 31
+    for i in range(n):
+        lo = out_rings[first + i]
+        hi = out_rings[first + i + 1] - 1  # the closing vertex repeats the first
+        best = lo
+        for j in range(lo + 1, hi):
+            if out[j, 1] < out[best, 1] or (out[j, 1] == out[best, 1] and out[j, 0] < out[best, 0]):
+                best = j
+        start[i] = best
+        keys[i] = np.int64(out[best, 1]) * x_span + np.int64(out[best, 0])
+    copy = out[a:b].copy()
+    order = np.argsort(keys)
+    k = a
+    for i in order:
+        lo = out_rings[first + i] - a
+        hi = out_rings[first + i + 1] - 1 - a
+        s = start[i] - a
+        for j in range(s, hi):
+            out[k] = copy[j]
+            k += 1
+        for j in range(lo, s + 1):
+            out[k] = copy[j]
+            k += 1
+    lengths = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        lengths[i] = out_rings[first + order[i] + 1] - out_rings[first + order[i]]
+    for i in range(n):
+        out_rings[first + i + 1] = out_rings[first + i] + lengths[i]
+
+
+@numba.njit(cache=True)
+def join_pieces(
+    coords: np.ndarray,
+    ring_offsets: np.ndarray,
+    poly_offsets: np.ndarray,
+    group_offsets: np.ndarray,
+    group_polys: np.ndarray,
+    cut_x: np.ndarray,
+    cut_y: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Join each group of pieces into one polygon: coords, ring and polygon offsets, ok.
+
+    ``coords``, ``ring_offsets`` and ``poly_offsets`` hold the pieces as
+    :func:`trace_polygons` gives them (closed rings of int32 pixel corners, exterior first);
+    group ``g`` is made of the polygons ``group_polys[group_offsets[g]:group_offsets[g + 1]]``,
+    whose interiors do not overlap. ``cut_x[x]`` (``cut_y[y]``) is True where the vertical line
+    ``x`` (horizontal line ``y``) is a block edge: the only place where two pieces of a group
+    share edges. Polygon ``g`` of the result is group ``g`` joined, rings as
+    :func:`trace_polygons` writes them (region on the left on screen, a vertex only where the
+    outline turns, each from its top-left vertex), exterior first, holes in raster order of
+    that vertex; where ``ok[g]`` is False (the pieces are not one
+    4-connected region, which should not happen) it has no rings.
+
+    Every ring is cut into segments oriented with the region on their left, those on a cut
+    line into unit steps; a unit step whose reverse is in the group lies between two pieces
+    and goes, with its reverse. What is left is the outline of the union, walked into rings:
+    along each piece's ring, except where the ring's next segment went or another segment
+    leaves the same vertex (found through a bitmap of the group's vertices, then a sorted
+    list of those few vertices). Where the outline touches itself at a pixel corner, the walk
+    takes the rightmost turn, wrapping the pixel outside the region, so rings touch at that
+    corner instead of crossing it, as GDAL's polygonize pairs them. Linear in the number of
+    vertices, unlike a general polygon union.
+    """
+    n_groups = group_offsets.shape[0] - 1
+    stride = cut_x.shape[0]
+    total, on_cut = _count_segments(
+        coords, ring_offsets, poly_offsets, group_offsets, group_polys, cut_x, cut_y
+    )
+    most = 1
+    most_cut = 1
+    all_segments = 0
+    for g in range(n_groups):
+        most = max(most, total[g])
+        most_cut = max(most_cut, on_cut[g])
+        all_segments += total[g]
+    # Per group: start vertex, next segment along the piece's ring, 0 gone / 1 left / 2 walked.
+    sx = np.empty(most, dtype=np.int32)
+    sy = np.empty(most, dtype=np.int32)
+    nxt = np.empty(most, dtype=np.int32)  # a group's segments fit in int32 by far
+    state = np.empty(most, dtype=np.uint8)
+    cut_key = np.empty(most_cut, dtype=np.int64)
+    cut_seg = np.empty(most_cut, dtype=np.int64)
+    spec_key = np.empty(1024, dtype=np.int64)
+    spec_seg = np.empty(1024, dtype=np.int64)
+    # Bitmaps over the group's bounding box: vertices one segment leaves, and vertices to look
+    # up (several segments leave, or the ring's own next segment went). Cleared after use.
+    once = np.zeros(1024, dtype=np.uint8)
+    multi = np.zeros(1024, dtype=np.uint8)
+    # A ring has at least four segments: at most one vertex per segment, plus a closing one.
+    out = np.empty((all_segments + all_segments // 4 + 1, 2), dtype=np.int32)
+    out_rings = np.empty(all_segments // 4 + 2, dtype=np.int64)
+    out_rings[0] = 0
+    out_polys = np.zeros(n_groups + 1, dtype=np.int64)
+    ok = np.ones(n_groups, dtype=np.bool_)
+    k = 0
+    n_rings = 0
+    for g in range(n_groups):
+        n = 0
+        n_cut = 0
+        for t in range(group_offsets[g], group_offsets[g + 1]):
+            p = group_polys[t]
+            for r in range(poly_offsets[p], poly_offsets[p + 1]):
+                a = ring_offsets[r]
+                m = ring_offsets[r + 1] - 1 - a
+                area2 = 0
+                for i in range(a, a + m):
+                    area2 += int(coords[i, 0]) * int(coords[i + 1, 1]) - int(
+                        coords[i + 1, 0]
+                    ) * int(coords[i, 1])
+                # Exterior negative (counter-clockwise on screen), holes positive.
+                flip = area2 > 0 if r == poly_offsets[p] else area2 < 0
+                first = n
+                for j in range(m):
+                    i0 = a + m - j if flip else a + j
+                    i1 = i0 - 1 if flip else i0 + 1
+                    x0 = int(coords[i0, 0])
+                    y0 = int(coords[i0, 1])
+                    x1 = int(coords[i1, 0])
+                    y1 = int(coords[i1, 1])
+                    if x0 == x1 and y0 == y1:
+                        continue
+                    if _on_cut(x0, y0, x1, y1, cut_x, cut_y):
+                        ux = _sign(x1 - x0)
+                        uy = _sign(y1 - y0)
+                        for step in range(abs(x1 - x0) + abs(y1 - y0)):
+                            x = x0 + step * ux
+                            y = y0 + step * uy
+                            sx[n] = x
+                            sy[n] = y
+                            nxt[n] = n + 1
+                            state[n] = 1
+                            # The undirected unit edge: its lower-left end and its axis.
+                            if ux != 0:
+                                cut_key[n_cut] = (y * stride + min(x, x + ux)) * 2
+                            else:
+                                cut_key[n_cut] = (min(y, y + uy) * stride + x) * 2 + 1
+                            cut_seg[n_cut] = n
+                            n_cut += 1
+                            n += 1
+                    else:
+                        sx[n] = x0
+                        sy[n] = y0
+                        nxt[n] = n + 1
+                        state[n] = 1
+                        n += 1
+                if n > first:
+                    nxt[n - 1] = first
+
+        # A unit step whose reverse is in the group lies between two of its pieces.
+        if n_cut > 1:
+            order = np.argsort(cut_key[:n_cut])
+            i = 0
+            while i < n_cut - 1:
+                s_a = cut_seg[order[i]]
+                s_b = cut_seg[order[i + 1]]
+                reverse = sx[s_a] != sx[s_b] or sy[s_a] != sy[s_b]
+                if cut_key[order[i]] == cut_key[order[i + 1]] and reverse:
+                    state[s_a] = 0
+                    state[s_b] = 0
+                    i += 2
+                else:
+                    i += 1
+
+        # The top-left vertex lies on the exterior only; the bounding box sizes the bitmaps.
+        s_top = -1
+        x_lo = y_lo = 1 << 62
+        x_hi = y_hi = -1
+        for s in range(n):
+            if state[s]:
+                x_lo = min(x_lo, sx[s])
+                x_hi = max(x_hi, sx[s])
+                y_lo = min(y_lo, sy[s])
+                y_hi = max(y_hi, sy[s])
+                if s_top < 0 or sy[s] < sy[s_top] or (sy[s] == sy[s_top] and sx[s] < sx[s_top]):
+                    s_top = s
+        if s_top < 0:
+            ok[g] = False
+            out_polys[g + 1] = n_rings
+            continue
+        bw = x_hi - x_lo + 1
+        bh = y_hi - y_lo + 1
+        n_bytes = (bw * bh + 7) >> 3
+        if n_bytes > once.shape[0]:
+            once = np.zeros(n_bytes, dtype=np.uint8)
+            multi = np.zeros(n_bytes, dtype=np.uint8)
+        good = True
+        for s in range(n):
+            if state[s]:
+                v = (sy[s] - y_lo) * bw + (sx[s] - x_lo)
+                bit = 1 << (v & 7)
+                if once[v >> 3] & bit:
+                    multi[v >> 3] |= bit
+                else:
+                    once[v >> 3] |= bit
+        for s in range(n):
+            if state[s] and not state[nxt[s]]:
+                e = nxt[s]
+                if sx[e] < x_lo or sx[e] > x_hi or sy[e] < y_lo or sy[e] > y_hi:
+                    good = False  # the outline does not close
+                    continue
+                v = (sy[e] - y_lo) * bw + (sx[e] - x_lo)
+                multi[v >> 3] |= 1 << (v & 7)
+        n_spec = 0
+        for s in range(n):
+            if state[s]:
+                v = (sy[s] - y_lo) * bw + (sx[s] - x_lo)
+                if multi[v >> 3] & (1 << (v & 7)):
+                    if n_spec == spec_key.shape[0]:
+                        spec_key = _grow(spec_key, n_spec + 1)
+                        spec_seg = _grow(spec_seg, n_spec + 1)
+                    spec_key[n_spec] = v
+                    spec_seg[n_spec] = s
+                    n_spec += 1
+        order = np.argsort(spec_key[:n_spec])
+        keys = spec_key[:n_spec][order]
+        segs = spec_seg[:n_spec][order]
+
+        # Walk the rings: the exterior from the top-left vertex, then the holes.
+        k_group = k
+        rings_group = n_rings
+        s0 = s_top
+        scan = 0
+        while good:
+            first_k = k
+            cur = s0
+            px = py = dx = dy = 0
+            while True:
+                state[cur] = 2
+                e = nxt[cur]
+                dx = sx[e] - sx[cur]
+                dy = sy[e] - sy[cur]
+                # Keep a vertex only where the outline turns; the first is settled at the end.
+                if cur == s0 or px * dy - py * dx != 0:
+                    if k + 2 > out.shape[0]:
+                        good = False
+                        break
+                    out[k, 0] = sx[cur]
+                    out[k, 1] = sy[cur]
+                    k += 1
+                v = (sy[e] - y_lo) * bw + (sx[e] - x_lo)
+                if multi[v >> 3] & (1 << (v & 7)):
+                    # Several ways on (or the ring's own went): the rightmost turn wins.
+                    best = -1
+                    best_score = -2
+                    j = np.searchsorted(keys, v)
+                    while j < n_spec and keys[j] == v:
+                        c = segs[j]
+                        ox = sx[nxt[c]] - sx[c]
+                        oy = sy[nxt[c]] - sy[c]
+                        cross = dx * oy - dy * ox
+                        if cross > 0:
+                            score = 2
+                        elif cross < 0:
+                            score = 0
+                        else:
+                            score = 1 if dx * ox + dy * oy > 0 else -1
+                        if score > best_score:
+                            best_score = score
+                            best = c
+                        j += 1
+                    e = best
+                if e == s0:
+                    break
+                if e < 0 or state[e] != 1:
+                    good = False
+                    break
+                px = dx
+                py = dy
+                cur = e
+            if not good:
+                break
+            ox = sx[nxt[s0]] - sx[s0]
+            oy = sy[nxt[s0]] - sy[s0]
+            if dx * oy - dy * ox != 0:
+                out[k] = out[first_k]
+                k += 1
+            else:
+                out[first_k] = out[k - 1]  # the first vertex is on a straight run: skip it
+            if k - first_k < 4 or n_rings + 2 > out_rings.shape[0]:
+                good = False
+                break
+            area2 = 0
+            for i in range(first_k, k - 1):
+                area2 += int(out[i, 0]) * int(out[i + 1, 1]) - int(out[i + 1, 0]) * int(out[i, 1])
+            if area2 >= 0 if n_rings == rings_group else area2 <= 0:
+                good = False  # not one exterior and its holes: not one 4-connected region
+                break
+            n_rings += 1
+            out_rings[n_rings] = k
+            while scan < n and state[scan] != 1:
+                scan += 1
+            if scan == n:
+                break
+            s0 = scan
+        if not good:
+            k = k_group
+            n_rings = rings_group
+            ok[g] = False
+        elif n_rings - rings_group > 1:
+            _order_holes(out, out_rings, rings_group + 1, n_rings)
+        out_polys[g + 1] = n_rings
+
+        for s in range(n):
+            if state[s]:
+                for e in (s, np.int64(nxt[s])):
+                    if x_lo <= sx[e] <= x_hi and y_lo <= sy[e] <= y_hi:
+                        v = (sy[e] - y_lo) * bw + (sx[e] - x_lo)
+                        once[v >> 3] = 0
+                        multi[v >> 3] = 0
+    return out[:k], out_rings[: n_rings + 1], out_polys, ok
+
+
+@numba.njit(cache=True)
+def polygon_wkb(
+    coords: np.ndarray,
+    ring_offsets: np.ndarray,
+    poly_offsets: np.ndarray,
+    transform: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Little-endian WKB of polygons given in pixel corners: (bytes, polygon byte offsets).
+
+    ``coords`` (int32 col, row), ``ring_offsets`` and ``poly_offsets`` are a ragged array of
+    closed rings as :func:`trace_polygons` gives them; ``transform`` is the grid's affine
+    ``(a, b, c, d, e, f)``: x = (a·col + c) + b·row, y = (d·col + f) + e·row, rounded in that
+    order. Polygon ``i`` is ``bytes[offsets[i]:offsets[i + 1]]``, what ``shapely.to_wkb``
+    writes for it byte for byte, at one copy of the coordinates where GEOS's writer needs
+    several (it grows a stream, then copies it out).
+    """
+    n_polys = poly_offsets.shape[0] - 1
+    offsets = np.empty(n_polys + 1, dtype=np.int64)
+    offsets[0] = 0
+    for p in range(n_polys):
+        r0 = poly_offsets[p]
+        r1 = poly_offsets[p + 1]
+        n_coords = ring_offsets[r1] - ring_offsets[r0]
+        offsets[p + 1] = offsets[p] + 9 + 4 * (r1 - r0) + 16 * n_coords
+    out = np.empty(offsets[n_polys], dtype=np.uint8)
+    u32 = np.empty(1, dtype=np.uint32)
+    u32_bytes = u32.view(np.uint8)
+    xy = np.empty(2, dtype=np.float64)
+    xy_bytes = xy.view(np.uint8)
+    a, b, c = transform[0], transform[1], transform[2]
+    d, e, f = transform[3], transform[4], transform[5]
+    k = 0
+    for p in range(n_polys):
+        out[k] = 1  # little-endian
+        u32[0] = 3  # Polygon
+        for j in range(4):
+            out[k + 1 + j] = u32_bytes[j]
+        u32[0] = poly_offsets[p + 1] - poly_offsets[p]
+        for j in range(4):
+            out[k + 5 + j] = u32_bytes[j]
+        k += 9
+        for r in range(poly_offsets[p], poly_offsets[p + 1]):
+            u32[0] = ring_offsets[r + 1] - ring_offsets[r]
+            for j in range(4):
+                out[k + j] = u32_bytes[j]
+            k += 4
+            for i in range(ring_offsets[r], ring_offsets[r + 1]):
+                col = np.float64(coords[i, 0])
+                row = np.float64(coords[i, 1])
+                xy[0] = a * col + c
+                xy[1] = d * col + f
+                if b != 0.0:
+                    xy[0] += b * row
+                if e != 0.0:
+                    xy[1] += e * row
+                for j in range(16):
+                    out[k + j] = xy_bytes[j]
+                k += 16
+    return out, offsets

@@ -10,6 +10,7 @@ every output is renamed into place only when all of them are complete.
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import json
 import logging
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from distributed import Client, LocalCluster, as_completed, get_worker
@@ -33,8 +34,6 @@ from pipeline import __version__
 from pipeline.catalog import Catalog, Scene
 from pipeline.errors import ConfigError, ModelError
 from pipeline.grid import Block, Grid, blocks, pixel_size_m, tile_window
-from pipeline.inference import NODATA, batches, process_blocks, read_tile
-from pipeline.models import SegmentationModel, build_model
 from pipeline.models.card import ModelCard, check_resolution, check_values
 from pipeline.publish import (
     BlockCache,
@@ -54,6 +53,7 @@ from pipeline.reading import (
     read_overview,
     scene_grid,
 )
+from pipeline.stitch import NODATA
 from pipeline.vectorize import (
     BlockPolygons,
     Cleanup,
@@ -68,10 +68,15 @@ from pipeline.vectorize import (
 )
 from pipeline.workflow import ClassDef, ModelConfig, Workflow
 
+if TYPE_CHECKING:
+    from pipeline.models import SegmentationModel
+
 log = logging.getLogger(__name__)
 
 #: Edge of the blocks the class raster is polygonized in (bounds memory per task).
 VECTORIZE_BLOCK = 2048
+#: GDAL block cache (MB) of every worker unless ``GDAL_CACHEMAX`` is set.
+GDAL_CACHE_MB = 64
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,8 @@ class ModelPlugin(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         """Build the model in the worker process, with one torch thread; on a GPU if present."""
         import torch
+
+        from pipeline.models import build_model
 
         torch.set_num_threads(1)
         model = build_model(self.config, self.classes)
@@ -155,6 +162,8 @@ def _blocks_task(
     group: tuple[Block, ...],
     halo: int,
 ) -> list[tuple[Block, np.ndarray, np.ndarray]]:
+    from pipeline.inference import process_blocks
+
     model = cast(ModelPlugin, get_worker().plugins[plugin]).model
     assert model is not None, "model plugin was not set up"
     results = process_blocks(model, scene, before, grid, group, halo)
@@ -179,6 +188,9 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
         return
     n = workers or len(os.sched_getaffinity(0))
     one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    # GDAL's block cache defaults to 5 % of RAM per process and fills as a scene is read,
+    # so a worker's memory would grow with the scene: each tile is read about once anyway.
+    one_thread["GDAL_CACHEMAX"] = os.environ.get("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
     with (
         LocalCluster(
             n_workers=n,
@@ -237,6 +249,8 @@ def plan(
 
     Everything a user can get wrong is found here, before any cluster starts.
     """
+    from pipeline.models import build_model
+
     model = build_model(workflow.model, workflow.classes)
     if model.num_classes != len(workflow.classes):
         raise ModelError(
@@ -273,6 +287,8 @@ def check_scene_against_card(
     Bands are checked when the grid is built; here the pixel size and, on a central sample of
     at most 512×512 pixels, the value range after the catalog's scale and offset.
     """
+    from pipeline.inference import read_tile
+
     check_resolution(card, scene.id, pixel_size_m(grid)[0])
     size = min(512, grid.height), min(512, grid.width)
     sample = Block((grid.height - size[0]) // 2, (grid.width - size[1]) // 2, *size)
@@ -584,6 +600,8 @@ def _classify(
     client.register_plugin(ModelPlugin(workflow.model, workflow.classes), name=name)
     times["model_setup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    from pipeline.inference import batches
+
     groups = batches(todo, getattr(workflow.model, "batch_size", 1))
     futures = [
         client.submit(
@@ -636,9 +654,9 @@ def _vectorize_task(
     classes = read_band_window(classes_path, read)
     confidence = read_band_window(confidence_path, block.window)
     cleaned = clean_window(classes, read, block, cleanup, NODATA)
-    return finish_block(
-        polygonize_block(cleaned, confidence, block, grid.width, keep), grid, cleanup
-    )
+    # Shipped as the WKB it is written in: the client then neither parses nor re-encodes it.
+    part = polygonize_block(cleaned, confidence, block, grid.width, keep)
+    return finish_block(part, grid, cleanup, as_wkb=True)
 
 
 def vectorize_on_cluster(
@@ -655,7 +673,8 @@ def vectorize_on_cluster(
     Each block's regions that touch no other block come finished from its worker and are
     yielded at once; the regions that cross block edges are joined in the client at the end
     and yielded last. So the client holds one block's polygons and the crossing pieces, never
-    all the polygons of the scene.
+    all the polygons of the scene. Geometries come as WKB bytes (``shapely.from_wkb`` turns
+    them into shapely objects), the form :class:`~pipeline.publish.PolygonWriter` writes.
     """
     parts = blocks(grid, VECTORIZE_BLOCK)
     futures = [
@@ -691,7 +710,26 @@ def vectorize_on_cluster(
         bar.close()
         client.cancel(futures)
     inside = np.concatenate(occupants) if occupants else np.empty(0, dtype=np.int64)
-    yield merge_blocks(pieces, grid, cleanup, inside)
+    # Handed over one by one, so the merge can let them go once it has their coordinates.
+    handed = (pieces.pop() for _ in range(len(pieces)))
+    release_memory()
+    joined = merge_blocks(handed, grid, cleanup, inside, as_wkb=True)
+    del occupants, inside
+    release_memory()  # before the caller writes the joins, which can hold a huge region
+    yield joined
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the system (glibc only; elsewhere a no-op).
+
+    The merge frees hundreds of MB in pieces of every size; glibc keeps such memory in the
+    process unless asked, and the process's peak then adds up what is freed and what comes
+    next (measured at 10980²: 921 MB client peak with it, 1.08 GB without).
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass

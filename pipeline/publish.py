@@ -184,6 +184,15 @@ class BlockRaster:
         )
 
 
+def _wkb(geometry: np.ndarray) -> np.ndarray:
+    """Geometries as an object array of WKB bytes (shapely objects are encoded)."""
+    if len(geometry) == 0:
+        return np.empty(0, dtype=object)
+    if isinstance(geometry[0], bytes):
+        return geometry
+    return shapely.to_wkb(geometry)
+
+
 class PolygonWriter:
     """A GeoPackage polygon layer written batch by batch, so no run holds all its polygons.
 
@@ -206,7 +215,10 @@ class PolygonWriter:
         self._created = False
 
     def append(self, geometry: np.ndarray, fields: dict[str, np.ndarray]) -> None:
-        """Write one batch of polygons (shapely objects in the layer's CRS) and their fields."""
+        """Write one batch of polygons in the layer's CRS and their fields.
+
+        ``geometry`` holds shapely objects or their WKB bytes (written as they are).
+        """
         if self._created and len(geometry) == 0:
             return
         options: dict[str, Any] = {"append": True}
@@ -222,7 +234,7 @@ class PolygonWriter:
 
         pyogrio.raw.write(
             str(self.path),
-            geometry=shapely.to_wkb(geometry) if len(geometry) else np.empty(0, dtype=object),
+            geometry=_wkb(geometry),
             field_data=list(fields.values()),
             fields=list(fields),
             layer=self.layer,

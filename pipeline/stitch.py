@@ -27,6 +27,9 @@ from rasterio.windows import Window
 
 from pipeline.grid import Block, Padding
 
+#: Value of ``classes.tif`` and ``confidence.tif`` where there is no data.
+NODATA = 255
+
 
 def pad_tile(data: np.ndarray, valid: np.ndarray, pad: Padding) -> tuple[np.ndarray, np.ndarray]:
     """Reflect-pad ``data`` ``[C, h, w]`` and ``valid`` ``[h, w]`` by ``pad``."""

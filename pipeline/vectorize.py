@@ -24,7 +24,7 @@ becomes a polygon.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -51,7 +51,7 @@ class Cleanup:
 class Polygons:
     """Polygons of a class raster and their attributes, one row per polygon."""
 
-    geometry: np.ndarray  # shapely Polygon objects in the grid's CRS
+    geometry: np.ndarray  # shapely Polygons in the grid's CRS (WKB bytes when streamed)
     class_value: np.ndarray  # uint8
     pixels: np.ndarray  # int64
     confidence: np.ndarray  # float64, mean percent
@@ -75,7 +75,7 @@ class BlockPolygons:
     conf_max: np.ndarray  # uint8 [n]
     first_index: np.ndarray  # int64 [n], global flat index of the first pixel
     label: np.ndarray  # int32 [m], local label of each polygon below
-    coords: np.ndarray  # float64 [k, 2], pixel (col, row) coordinates
+    coords: np.ndarray  # int32 [k, 2], pixel (col, row) coordinates of the corners
     ring_offsets: np.ndarray  # int64
     poly_offsets: np.ndarray  # int64
     top: np.ndarray  # int32 labels along the block's first row
@@ -190,15 +190,20 @@ def polygonize_block(
 
 
 def merge_blocks(
-    parts: Sequence[BlockPolygons],
+    parts: Iterable[BlockPolygons],
     grid: Grid,
     cleanup: Cleanup,
     occupants: np.ndarray | None = None,
+    as_wkb: bool = False,
 ) -> Polygons:
     """Join regions across block edges, apply the grid's transform and the clean-up.
 
     ``occupants`` are first-pixel indices of polygons finished elsewhere (see
-    :func:`finish_block`): a hole holding one of them is never filled.
+    :func:`finish_block`): a hole holding one of them is never filled. With ``as_wkb`` the
+    geometries come as WKB bytes, as they are built. The parts are let go
+    as soon as their coordinates are gathered, so a caller that hands them over in an
+    iterator that holds no other reference (:func:`pipeline.orchestrate.vectorize_on_cluster`
+    does) has them freed before the joined geometries are built.
     """
     parts = [p for p in parts if len(p.class_value)]
     if not parts:
@@ -248,32 +253,40 @@ def merge_blocks(
     group_class = np.zeros(n_groups, dtype=np.uint8)
     group_class[group] = class_value
 
-    # Geometries: one per local label, built in bulk per block.
-    cut_cols = np.unique([p.block.col_off for p in parts if p.block.col_off > 0])
-    cut_rows = np.unique([p.block.row_off for p in parts if p.block.row_off > 0])
+    # Geometries: a region in one piece keeps its traced polygon; the pieces of the regions
+    # that cross block edges are joined all at once, in pixel coordinates, where they match.
     sizes = np.bincount(group, minlength=n_groups)
-    crosses = sizes[group] > 1
-    geoms = np.empty(total, dtype=object)
-    for i, p in enumerate(parts):
-        ids = p.label.astype(np.int64) - 1 + offsets[i]
-        coords, rings = p.coords, p.ring_offsets
-        if crosses[ids].any():
-            # Pieces of merged regions meet along block edges: give every piece a vertex at
-            # each pixel corner on those edges, so shared edges match vertex for vertex.
-            coords, rings = _node_block_edges(coords, rings, cut_cols, cut_rows)
-        built = shapely.from_ragged_array(
-            shapely.GeometryType.POLYGON, coords, (rings, p.poly_offsets)
+    cut_x = np.zeros(grid.width + 1, dtype=np.bool_)
+    cut_y = np.zeros(grid.height + 1, dtype=np.bool_)
+    cut_x[[p.block.col_off for p in parts]] = True
+    cut_y[[p.block.row_off for p in parts]] = True
+    cut_x[0] = cut_y[0] = False
+    coords, ring_offsets, poly_offsets, label_of = _concat_pieces(parts, offsets)
+    del parts, at, p  # a merged region can have millions of vertices: one copy at a time
+    poly_group = group[label_of]
+    joined = sizes[poly_group] > 1
+    # Written as WKB in the grid's CRS straight from the coordinate arrays, then parsed: this
+    # holds one copy of a region's vertices at a time, where building, transforming and
+    # encoding geometries holds several (a merged region can have millions of vertices).
+    merged = np.empty(n_groups, dtype=object)  # WKB per region
+    single = np.flatnonzero(~joined)
+    ragged = (coords, ring_offsets, poly_offsets)
+    if single.size < len(poly_group):
+        ragged = _take_polygons(coords, ring_offsets, poly_offsets, single)
+    merged[poly_group[single]] = _wkb_polygons(*ragged, grid)
+    del ragged
+    crossing = np.flatnonzero(sizes > 1)
+    if crossing.size:
+        out, out_rings, out_polys, fallback = _join_crossing(
+            coords, ring_offsets, poly_offsets, poly_group, crossing, cut_x, cut_y, grid
         )
-        geoms[ids] = built
-    merged = np.empty(n_groups, dtype=object)
-    merged[group[~crosses]] = geoms[~crosses]
-    multi = np.flatnonzero(sizes > 1)
-    if multi.size:
-        order = np.argsort(group, kind="stable")
-        starts = np.searchsorted(group[order], multi)
-        for g, st in zip(multi, starts, strict=True):
-            # The pieces form an exact coverage (integer pixel corners, matched vertices).
-            merged[g] = join_pieces(geoms[order[st : st + sizes[g]]], grid)
+        del coords, ring_offsets, poly_offsets
+        merged[crossing] = _wkb_polygons(out, out_rings, out_polys, grid)
+        del out
+        for i, geom in fallback.items():
+            merged[crossing[i]] = shapely.to_wkb(geom)
+    else:
+        del coords, ring_offsets, poly_offsets
 
     # Raster order of each polygon's first pixel, which also fixes its stable id.
     rank = np.argsort(first, kind="stable")
@@ -281,18 +294,26 @@ def merge_blocks(
     conf_max, group_class, first = conf_max[rank], group_class[rank], first[rank]
     instance_id = first + 1
 
-    geometry = shapely.transform(merged, _to_crs(grid))
+    wkb = merged
+    geometry = shapely.from_wkb(wkb)
     if cleanup.fill_holes_m2 > 0:
         inside = first if occupants is None else np.concatenate([first, occupants])
-        geometry = _fill_holes(geometry, grid, cleanup.fill_holes_m2, _pixel_centres(inside, grid))
+        filled = _fill_holes(geometry, grid, cleanup.fill_holes_m2, _pixel_centres(inside, grid))
+        changed = np.flatnonzero([a is not b for a, b in zip(filled, geometry, strict=True)])
+        if changed.size:
+            wkb = wkb.copy()
+            wkb[changed] = shapely.to_wkb(filled[changed])
+        geometry = filled
     area, perimeter = measure(geometry, grid)
     keep = area >= cleanup.min_area_m2
-    geometry, area, perimeter = geometry[keep], area[keep], perimeter[keep]
+    geometry, area, perimeter, wkb = geometry[keep], area[keep], perimeter[keep], wkb[keep]
     if cleanup.simplify_m > 0 and len(geometry):
         geometry = _simplify(geometry, grid, cleanup.simplify_m)
         area, perimeter = measure(geometry, grid)
+        if as_wkb:
+            wkb = shapely.to_wkb(geometry)
     return Polygons(
-        geometry=geometry,
+        geometry=wkb if as_wkb else geometry,
         class_value=group_class[keep],
         pixels=pixels[keep].astype(np.int64),
         confidence=conf_sum[keep] / pixels[keep],
@@ -303,111 +324,120 @@ def merge_blocks(
     )
 
 
-def join_pieces(pieces: np.ndarray, grid: Grid) -> shapely.Polygon:
-    """Join edge-sharing pieces of one region (pixel coordinates, matched vertices) exactly.
+def _concat_pieces(
+    parts: Sequence[BlockPolygons], offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The parts' polygons as one ragged array, with each polygon's label across all parts."""
+    if len(parts) == 1:  # a finished block: no copy
+        p = parts[0]
+        return p.coords, p.ring_offsets, p.poly_offsets, p.label.astype(np.int64) - 1
+    coord_base = np.cumsum([0] + [len(p.coords) for p in parts])
+    ring_base = np.cumsum([0] + [len(p.ring_offsets) - 1 for p in parts])
+    coords = np.concatenate([p.coords for p in parts])
+    ring_offsets = np.concatenate(
+        [p.ring_offsets[:-1] + base for p, base in zip(parts, coord_base, strict=False)]
+        + [coord_base[-1:]]
+    )
+    poly_offsets = np.concatenate(
+        [p.poly_offsets[:-1] + base for p, base in zip(parts, ring_base, strict=False)]
+        + [ring_base[-1:]]
+    )
+    label_of = np.concatenate(
+        [p.label.astype(np.int64) - 1 + off for p, off in zip(parts, offsets, strict=False)]
+    )
+    return coords, ring_offsets.astype(np.int64), poly_offsets.astype(np.int64), label_of
 
-    Every ring is cut into its segments, oriented so the region lies on the left; a segment
-    shared by two pieces appears once in each direction and both copies are dropped; what is
-    left is the outline of the union, walked into rings. Where the outline touches itself at a
-    pixel corner (4-connectivity), the walk takes the rightmost turn, wrapping the pixel outside
-    the region, so rings touch at that corner instead of crossing it, as GDAL's polygonize
-    pairs them. This is linear in the number of vertices, unlike a general polygon union.
+
+def _wkb_polygons(
+    coords: np.ndarray, ring_offsets: np.ndarray, poly_offsets: np.ndarray, grid: Grid
+) -> np.ndarray:
+    """WKB bytes of polygons given as a ragged array in pixel corners, in the grid's CRS."""
+    buf, offsets = kernels.polygon_wkb(
+        np.ascontiguousarray(coords, dtype=np.int32),
+        np.ascontiguousarray(ring_offsets, dtype=np.int64),
+        np.ascontiguousarray(poly_offsets, dtype=np.int64),
+        np.asarray(grid.transform[:6], dtype=np.float64),
+    )
+    out = np.empty(len(offsets) - 1, dtype=object)
+    out[:] = [buf[a:b].tobytes() for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    return out
+
+
+def _take_polygons(
+    coords: np.ndarray, ring_offsets: np.ndarray, poly_offsets: np.ndarray, chosen: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The polygons ``chosen`` (indices) of a ragged array, as a ragged array of their own."""
+    ring_start, ring_end = poly_offsets[chosen], poly_offsets[chosen + 1]
+    rings = _ranges(ring_start, ring_end)
+    coord_start, coord_end = ring_offsets[rings], ring_offsets[rings + 1]
+    return (
+        coords[_ranges(coord_start, coord_end)],
+        np.concatenate([[0], np.cumsum(coord_end - coord_start)]).astype(np.int64),
+        np.concatenate([[0], np.cumsum(ring_end - ring_start)]).astype(np.int64),
+    )
+
+
+def _join_crossing(
+    coords: np.ndarray,
+    ring_offsets: np.ndarray,
+    poly_offsets: np.ndarray,
+    poly_group: np.ndarray,
+    crossing: np.ndarray,
+    cut_x: np.ndarray,
+    cut_y: np.ndarray,
+    grid: Grid,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, shapely.Geometry]]:
+    """Join the groups ``crossing`` from their pieces: a ragged array in pixel corners.
+
+    Also returned: the geometries (in the grid's CRS) of any group that needed a general
+    union instead, by position in ``crossing``. The pieces form an exact coverage (integer
+    pixel corners), so :func:`pipeline.kernels.join_pieces` joins them exactly, in time
+    linear in their vertices.
     """
-    oriented = shapely.orient_polygons(pieces, exterior_cw=False)
-    rings = shapely.get_rings(oriented)
-    coords, ring_of = shapely.get_coordinates(rings, return_index=True)
-    pts = np.rint(coords).astype(np.int64)
-    same_ring = ring_of[1:] == ring_of[:-1]
-    start, end = pts[:-1][same_ring], pts[1:][same_ring]
-    k = np.int64(grid.height + 1)
-    start_key = start[:, 0] * k + start[:, 1]
-    end_key = end[:, 0] * k + end[:, 1]
-    span = np.int64((grid.width + 1) * (grid.height + 1))
-    seg = start_key * span + end_key
-    sorted_seg = np.sort(seg)
-    reverse = end_key * span + start_key
-    at = np.minimum(np.searchsorted(sorted_seg, reverse), len(sorted_seg) - 1)
-    keep = sorted_seg[at] != reverse  # drop segments whose reverse belongs to another piece
-    start, end, start_key, end_key = start[keep], end[keep], start_key[keep], end_key[keep]
-    m = len(start_key)
-    order = np.argsort(start_key, kind="stable")
-    first = np.searchsorted(start_key[order], end_key, side="left")
-    count = np.searchsorted(start_key[order], end_key, side="right") - first
-    nxt = order[np.minimum(first, m - 1)]
-    pinch = np.flatnonzero(count > 1)
-    if pinch.size:
-        # Two ways on: take the rightmost turn (the region is on the left), as GDAL does.
-        d_in = end[pinch] - start[pinch]
-        a, b = order[first[pinch]], order[first[pinch] + 1]
-        d_a = end[a] - start[a]
-        cross_a = d_in[:, 0] * d_a[:, 1] - d_in[:, 1] * d_a[:, 0]
-        nxt[pinch] = np.where(cross_a < 0, a, b)
-    nxt_l = nxt.tolist()
-    seen = bytearray(m)
-    loops: list[np.ndarray] = []
-    for s0 in range(m):
-        if seen[s0]:
-            continue
-        walk = []
-        s_ = s0
-        while not seen[s_]:
-            seen[s_] = 1
-            walk.append(s_)
-            s_ = nxt_l[s_]
-        ring = start[walk]
-        # Drop vertices where the outline goes straight on (left over from the joins).
-        d = np.diff(np.vstack([ring[-1:], ring, ring[:1]]), axis=0)
-        turn = (d[:-1, 0] * d[1:, 1] - d[:-1, 1] * d[1:, 0]) != 0
-        ring = ring[turn]
-        loops.append(np.vstack([ring, ring[:1]]).astype(np.float64))
-    area = np.array([_signed_area(r) for r in loops])
-    shells = [r for r, a_ in zip(loops, area, strict=True) if a_ > 0]
-    holes = [r for r, a_ in zip(loops, area, strict=True) if a_ < 0]
-    if len(shells) != 1:  # not one 4-connected region: fall back to a general union
-        return shapely.union_all(pieces)
-    return shapely.Polygon(shells[0], holes)
+    dense = np.full(int(poly_group.max()) + 1, -1, dtype=np.int64)
+    dense[crossing] = np.arange(len(crossing))
+    of = dense[poly_group]
+    members = np.flatnonzero(of >= 0)
+    members = members[np.argsort(of[members], kind="stable")]
+    group_offsets = np.concatenate(
+        [[0], np.cumsum(np.bincount(of[members], minlength=len(crossing)))]
+    ).astype(np.int64)
+    out, out_rings, out_polys, ok = kernels.join_pieces(
+        np.ascontiguousarray(coords, dtype=np.int32),
+        np.ascontiguousarray(ring_offsets, dtype=np.int64),
+        np.ascontiguousarray(poly_offsets, dtype=np.int64),
+        group_offsets,
+        members.astype(np.int64),
+        cut_x,
+        cut_y,
+    )
+    fallback: dict[int, shapely.Geometry] = {}
+    for i in np.flatnonzero(~ok):
+        # Not one 4-connected region (it should not happen): fall back to a general union.
+        chosen = members[group_offsets[i] : group_offsets[i + 1]]
+        piece_coords, piece_rings, piece_polys = _take_polygons(
+            coords, ring_offsets, poly_offsets, chosen
+        )
+        pieces = _wkb_polygons(piece_coords, piece_rings, piece_polys, grid)
+        fallback[int(i)] = shapely.union_all(shapely.from_wkb(pieces))
+    return out, out_rings, out_polys, fallback
 
 
-def _signed_area(ring: np.ndarray) -> float:
-    x, y = ring[:, 0], ring[:, 1]
-    return float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])) / 2
-
-
-def _node_block_edges(
-    coords: np.ndarray, ring_offsets: np.ndarray, cols: np.ndarray, rows: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Insert a vertex at every pixel corner of ring segments lying on a block edge.
-
-    ``coords`` are closed rings in pixel coordinates; ``cols`` and ``rows`` are the interior
-    block edges (x = col, y = row). Segments along them are cut into unit steps.
-    """
-    n = len(coords)
-    if n < 2:
-        return coords, ring_offsets
-    last = np.zeros(n, dtype=bool)
-    last[ring_offsets[1:] - 1] = True
-    p, q = coords[:-1], coords[1:]
-    d = q - p
-    length = np.abs(d).sum(axis=1)
-    on_edge = ((d[:, 0] == 0) & np.isin(p[:, 0], cols)) | ((d[:, 1] == 0) & np.isin(p[:, 1], rows))
-    on_edge &= ~last[:-1] & (length > 1)
-    emit = np.ones(n, dtype=np.int64)
-    emit[:-1] += np.where(on_edge, length - 1, 0).astype(np.int64)
-    src = np.repeat(np.arange(n), emit)
-    step = np.arange(int(emit.sum())) - np.repeat(np.cumsum(emit) - emit, emit)
-    direction = np.zeros((n, 2))
-    direction[:-1] = np.sign(d)
-    out = coords[src] + direction[src] * step[:, None]
-    new_offsets = np.concatenate([[0], np.cumsum(emit)])[ring_offsets]
-    return out, new_offsets
-
-
-def _to_crs(grid: Grid) -> object:
+def _to_crs(grid: Grid) -> Callable[[np.ndarray], np.ndarray]:
+    """Pixel (col, row) coordinates to the grid's CRS, as float64."""
     a, b, c, d, e, f = grid.transform
 
     def apply(xy: np.ndarray) -> np.ndarray:
+        # In place in the output: a merged region can have millions of vertices.
         x, y = xy[:, 0], xy[:, 1]
-        return np.column_stack([c + a * x + b * y, f + d * x + e * y])
+        out = np.empty(xy.shape, dtype=np.float64)
+        for col, scale_x, scale_y, shift in ((0, a, b, c), (1, d, e, f)):
+            # (shift + scale_x * x) + scale_y * y, as GDAL and affine round it.
+            np.multiply(x, scale_x, out=out[:, col])
+            out[:, col] += shift
+            if scale_y:
+                out[:, col] += scale_y * y
+        return out
 
     return apply
 
@@ -455,7 +485,7 @@ def area_m2(geometry: np.ndarray, grid: Grid) -> np.ndarray:
 def _pixel_centres(index: np.ndarray, grid: Grid) -> np.ndarray:
     """Points at the centres of pixels given by raster-order index, in the grid's CRS."""
     rows, cols = np.divmod(index, grid.width)
-    xy = _to_crs(grid)(np.column_stack([cols + 0.5, rows + 0.5]))  # type: ignore[operator]
+    xy = _to_crs(grid)(np.column_stack([cols + 0.5, rows + 0.5]))
     return np.asarray(shapely.points(xy), dtype=object)
 
 
@@ -540,13 +570,16 @@ class FinishedBlock:
     occupants: np.ndarray  # int64 first-pixel index of every region in ``polygons``
 
 
-def finish_block(part: BlockPolygons, grid: Grid, cleanup: Cleanup) -> FinishedBlock:
+def finish_block(
+    part: BlockPolygons, grid: Grid, cleanup: Cleanup, as_wkb: bool = False
+) -> FinishedBlock:
     """Finish the regions of a block that touch no neighbouring block; set aside the others.
 
     A region that touches no edge shared with another block is complete: it is cleaned and
     measured here, in the worker, so the client only joins the (far fewer) regions that cross
     block edges. Coverage simplification needs every neighbour of a polygon, so with
-    ``simplify_m`` all regions are set aside for the join.
+    ``simplify_m`` all regions are set aside for the join. ``as_wkb`` as for
+    :func:`merge_blocks`.
     """
     b = part.block
     sides = [
@@ -564,7 +597,7 @@ def finish_block(part: BlockPolygons, grid: Grid, cleanup: Cleanup) -> FinishedB
     if cleanup.simplify_m > 0:
         touching[:] = True
     inner = _subset(part, ~touching)
-    done = merge_blocks([inner], grid, cleanup, occupants=np.empty(0, dtype=np.int64))
+    done = merge_blocks([inner], grid, cleanup, np.empty(0, dtype=np.int64), as_wkb)
     return FinishedBlock(done, _subset(part, touching), inner.first_index)
 
 

@@ -100,7 +100,7 @@ def _traced(labels: np.ndarray, col_off: int = 0, row_off: int = 0) -> list[list
     """Our polygons, as lists of rings, polygon i being label i + 1."""
     n = int(labels.max())
     coords, ring_offsets, poly_offsets = kernels.trace_polygons(labels, n, col_off, row_off)
-    assert coords.dtype == np.float64 and coords.shape[1:] == (2,)
+    assert coords.dtype == np.int32 and coords.shape[1:] == (2,)
     assert len(poly_offsets) == n + 1 and poly_offsets[-1] == len(ring_offsets) - 1
     assert ring_offsets[-1] == len(coords)
     return [
@@ -351,3 +351,81 @@ def test_sieve_without_small_regions_returns_its_input() -> None:
     classes[:, 4:] = 1
     got, sieved = kernels.sieve_regions(classes, 5, NODATA, SIEVE_PASSES)
     assert not sieved and got is classes
+
+
+# --- joining pieces across block edges ----------------------------------------------------
+
+
+def _joined_by_blocks(labels: np.ndarray, step: int) -> tuple[list[shapely.Polygon], np.ndarray]:
+    """Trace each ``step``-sized block on its own, then join each label's pieces."""
+    h, w = labels.shape
+    n = int(labels.max())
+    coords, rings, polys, owner = [], [0], [0], []
+    for r in range(0, h, step):
+        for c in range(0, w, step):
+            block = labels[r : r + step, c : c + step]
+            pieces = np.zeros(block.shape, np.int32)
+            count = 0
+            for lab in np.unique(block[block > 0]):
+                part, k = ndimage.label(block == lab, FOUR)
+                pieces[part > 0] = part[part > 0] + count
+                owner += [lab] * k
+                count += k
+            xy, ring_offsets, poly_offsets = kernels.trace_polygons(pieces, count, c, r)
+            polys += list(poly_offsets[1:] + len(rings) - 1)
+            rings += list(ring_offsets[1:] + sum(len(x) for x in coords))
+            coords.append(xy)
+    owner_a = np.asarray(owner)
+    members = np.argsort(owner_a, kind="stable").astype(np.int64)
+    group_offsets = np.concatenate([[0], np.cumsum(np.bincount(owner_a, minlength=n + 1)[1:])])
+    cut_x = np.zeros(w + 1, np.bool_)
+    cut_y = np.zeros(h + 1, np.bool_)
+    cut_x[step:w:step] = True
+    cut_y[step:h:step] = True
+    out, out_rings, out_polys, ok = kernels.join_pieces(
+        np.concatenate(coords),
+        np.asarray(rings, np.int64),
+        np.asarray(polys, np.int64),
+        group_offsets.astype(np.int64),
+        members,
+        cut_x,
+        cut_y,
+    )
+    joined = [
+        [out[out_rings[j] : out_rings[j + 1]] for j in range(out_polys[i], out_polys[i + 1])]
+        for i in range(n)
+    ]
+    return joined, ok
+
+
+def _assert_joins_to_whole(labels: np.ndarray, step: int) -> None:
+    joined, ok = _joined_by_blocks(labels, step)
+    assert ok.all()
+    whole = _traced(labels)
+    for got, want in zip(joined, whole, strict=True):
+        # Vertex for vertex: same rings, same start, same way round, holes in the same order.
+        assert len(got) == len(want)
+        for g, h in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, h)
+
+
+@pytest.mark.parametrize("name", list(_tricky()))
+@pytest.mark.parametrize("step", [1, 2, 3])
+def test_join_pieces_rebuilds_the_whole_trace_on_tricky_shapes(name: str, step: int) -> None:
+    labels, _ = kernels.label_regions(_tricky()[name], _order([0, 1, 2, 3]))
+    _assert_joins_to_whole(labels, step)
+
+
+@pytest.mark.parametrize("kind", ["noise", "specks", "patches", "blobs"])
+@pytest.mark.parametrize("step", [4, 7, 16])
+def test_join_pieces_rebuilds_the_whole_trace_on_random_rasters(kind: str, step: int) -> None:
+    classes = _random_classes((45, 52), 3, kind)
+    labels, _ = kernels.label_regions(classes, _order([2, 0, 1]))
+    _assert_joins_to_whole(labels, step)
+
+
+def test_join_pieces_reports_pieces_that_do_not_touch() -> None:
+    labels = np.zeros((4, 4), np.int32)
+    labels[0, 0] = labels[3, 3] = 1  # one "region" in two pieces far apart: not joinable
+    joined, ok = _joined_by_blocks(labels, 2)
+    assert not ok[0] and joined[0] == []

@@ -41,8 +41,11 @@ def in_subprocess(target: str, *args: str) -> dict[str, Any]:
     code = (
         f"import json, sys; from {module} import {func}; print(json.dumps({func}(*sys.argv[1:])))"
     )
+    # Every step gets the GDAL block cache geoseg's CLI and workers get, so none is measured
+    # with GDAL's default (5 % of RAM), which fills up as a scene is read.
+    env = {**os.environ, "GDAL_CACHEMAX": os.environ.get("GDAL_CACHEMAX", "64")}
     proc = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False, env=env
     )
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark step {target} failed:\n{proc.stderr[-3000:]}")

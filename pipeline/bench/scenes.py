@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from scipy import ndimage
 
 from pipeline.bench.common import bench_grid
@@ -102,8 +103,8 @@ def write_scene(path: Path, size: int, bands: tuple[str, ...] = SCENE_BANDS, see
 
     Each pixel mixes forest, bare ground and water, in proportions set by two smooth random
     fields (so surfaces form patches tens of pixels across with soft edges), plus 1 % sensor
-    noise. Band values follow each surface's typical reflectance (:data:`_SPECTRA`). Tiled 512
-    and deflate-compressed, as Sentinel-2 COGs are.
+    noise. Band values follow each surface's typical reflectance (:data:`_SPECTRA`). Tiled 512,
+    deflate-compressed and with overviews, as Sentinel-2 COGs are.
     """
     grid = bench_grid(size)
     spectra = np.array([_SPECTRA.get(b, _OTHER_BAND) for b in bands], dtype=np.float32)
@@ -118,4 +119,6 @@ def write_scene(path: Path, size: int, bands: tuple[str, ...] = SCENE_BANDS, see
             )
             dn = np.clip((refl + noise.astype(np.float32)) * 10000, 1, 10000).astype(np.uint16)
             dst.write(dn, window=b.window)
+        # Overviews, as Sentinel-2 COGs carry: previews read them, not the full scene.
+        dst.build_overviews([2, 4, 8, 16, 32], Resampling.average)
     return path

@@ -4,46 +4,30 @@
 spectral-index models, :mod:`.networks` the TorchGeo networks, :mod:`.card` their model cards
 and :mod:`.checkpoints` the safe loading of weight files. :func:`build_model` turns a validated
 model configuration into a module.
+
+Nothing here imports torch until it is used, so that model cards can be read (and the
+vectorizing stage run) by processes that never load a network.
 """
 
 from __future__ import annotations
 
-import inspect
+from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import ModelError
-from pipeline.models.base import SegmentationModel
-from pipeline.models.indices import INDEX_MODELS
-from pipeline.workflow import ClassDef, IndexModelConfig, ModelConfig, TorchGeoModelConfig
+if TYPE_CHECKING:
+    from pipeline.models.base import SegmentationModel
+    from pipeline.models.build import build_model
 
 
-def build_model(config: ModelConfig, classes: tuple[ClassDef, ...] = ()) -> SegmentationModel:
-    """Build the model a workflow describes, in eval mode; raise :class:`ModelError` if it can't.
+def __getattr__(name: str) -> Any:
+    if name == "SegmentationModel":
+        from pipeline.models.base import SegmentationModel
 
-    ``classes`` are the workflow's classes, which a network without a model card predicts.
-    """
-    if isinstance(config, TorchGeoModelConfig):
-        from pipeline.models.networks import build_torchgeo_model
+        return SegmentationModel
+    if name == "build_model":
+        from pipeline.models.build import build_model
 
-        return build_torchgeo_model(config, classes)
-    if isinstance(config, IndexModelConfig):
-        cls = INDEX_MODELS.get(config.name)
-        if cls is None:
-            raise ModelError(
-                f"unknown index model {config.name!r}; known: {', '.join(sorted(INDEX_MODELS))}"
-            )
-        accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        unknown = sorted(set(config.params) - set(accepted))
-        if unknown:
-            raise ModelError(
-                f"index model {config.name!r} has no parameter {unknown[0]!r}; "
-                f"it takes: {', '.join(accepted)}"
-            )
-        try:
-            model = cls(**config.params)
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"index model {config.name!r}: {exc}") from None
-        return model.eval()
-    raise AssertionError(f"unhandled model kind {config!r}")  # pragma: no cover
+        return build_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["SegmentationModel", "build_model"]

@@ -203,14 +203,19 @@ def render_preview(
         labelspacing=0.9,
     )
 
-    rendered = io.BytesIO()
-    fig.savefig(rendered, format="png", dpi=_DPI)
-    # Agg writes RGBA; an opaque picture stored as RGB is a quarter smaller.
+    canvas = fig.canvas
+    assert isinstance(canvas, FigureCanvasAgg)
+    canvas.draw()
+    # Encoded once, from Agg's pixels, as RGB (an opaque picture: a quarter smaller than
+    # Agg's RGBA) at zlib's default effort: rendering a 1000² preview took 0.30 s so, against
+    # 0.55 s encoding twice, the second time with optimize=True (1 % smaller files).
     out = io.BytesIO()
     info = PngInfo()
     info.add_text("Title", f"{scene_id} {date}")
     info.add_text("Software", "geoseg")
-    Image.open(rendered).convert("RGB").save(out, format="PNG", optimize=True, pnginfo=info)
+    Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(
+        out, format="PNG", pnginfo=info
+    )
     return out.getvalue()
 
 

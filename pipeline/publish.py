@@ -154,7 +154,8 @@ class BlockRaster:
             tiled=True,
             blockxsize=512,
             blockysize=512,
-            compress="deflate",
+            # Uncompressed: this copy is scratch, read back by the vectorizer and the COG copy
+            # (which compresses once); deflating it too costs the client CPU the workers need.
             BIGTIFF="IF_SAFER",
         )
         if colormap:

@@ -213,9 +213,7 @@ def render_preview(
     info = PngInfo()
     info.add_text("Title", f"{scene_id} {date}")
     info.add_text("Software", "geoseg")
-    Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(
-        out, format="PNG", pnginfo=info
-    )
+    Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(out, format="PNG", pnginfo=info)
     return out.getvalue()
 
 

@@ -118,6 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="use an existing Dask cluster, e.g. tcp://10.0.0.5:8786, instead of a local one",
     )
+    run.add_argument(
+        "--instances",
+        action="store_true",
+        help="also write instances.tif: each pixel's polygon instance_id (0: none)",
+    )
+    run.add_argument(
+        "--seams",
+        action="store_true",
+        help="also write seams.tif: 1 where overlapping tiles predict different classes",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
 
     train = sub.add_parser(
@@ -275,7 +285,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         catalog,
         args.scene,
         args.before,
-        RunOptions(out=args.out, workers=args.workers, scheduler=args.scheduler, progress=progress),
+        RunOptions(
+            out=args.out,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            progress=progress,
+            instances=args.instances,
+            seams=args.seams,
+        ),
     )
     if not args.quiet:
         s = result.summary

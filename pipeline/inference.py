@@ -16,7 +16,7 @@ from pipeline.errors import ModelError
 from pipeline.grid import Block, Grid, Padding, tile_window
 from pipeline.models.base import SegmentationModel
 from pipeline.reading import read_window
-from pipeline.stitch import NODATA, crop_block, pad_tile
+from pipeline.stitch import NODATA, crop_block, pad_tile, window_of
 
 
 def predict_tile(
@@ -90,8 +90,25 @@ def process_blocks(
     halo: int,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Read, classify (in one batch per tile shape) and crop blocks; (classes, confidence) each."""
+    return [(c, f) for c, f, _ in process_tiles(model, scene, before, grid, group, halo)]
+
+
+def process_tiles(
+    model: SegmentationModel,
+    scene: Scene,
+    before: Scene | None,
+    grid: Grid,
+    group: tuple[Block, ...],
+    halo: int,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """As :func:`process_blocks`, with each tile's classes over its whole read window too.
+
+    The window's classes (the block and the halo the tile saw on the grid) are what
+    ``seams.tif`` compares with the neighbouring blocks' own classes.
+    """
     tiles = [read_tile(model.bands, scene, before, grid, b, halo) for b in group]
-    results: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * len(group)
+    empty = np.empty(0)
+    results: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [(empty, empty, empty)] * len(group)
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, (data, _, _, _) in enumerate(tiles):
         by_shape.setdefault(data.shape, []).append(i)
@@ -104,6 +121,7 @@ def process_blocks(
             results[i] = (
                 crop_block(classes[k], read, pad, group[i]),
                 crop_block(confidence[k], read, pad, group[i]),
+                window_of(classes[k], read, pad),
             )
     return results
 

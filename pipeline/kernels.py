@@ -1,4 +1,4 @@
-"""Compiled per-block kernels of the vectorizer: labelling, region statistics, sieve, ring tracing.
+"""Compiled kernels of the vectorizer: labelling, statistics, sieve, tracing, joining, WKB.
 
 These are the pixel loops of :mod:`pipeline.vectorize` (which keeps the rules and documents
 them), compiled with numba: on a 2048² block each step takes a quarter to a tenth of the time
@@ -12,6 +12,9 @@ the numpy, scipy and ``rasterio.features.shapes`` versions took.
   regions (sizes, classes, pixel pairs between touching regions).
 * :func:`trace_polygons` walks the outline of every label into closed rings, exactly the
   polygons GDAL's polygonize gives with 4-connectivity, without a Python object per vertex.
+* :func:`join_pieces` joins the pieces of regions cut by block edges into the polygons
+  :func:`trace_polygons` gives for the whole raster, in time linear in their vertices.
+* :func:`polygon_wkb` writes polygons as WKB in the grid's CRS in one pass.
 
 Inputs are C-contiguous arrays of fixed dtypes (uint8 classes and confidence, int32 labels),
 so each kernel compiles once. The compiled code is cached on disk (``cache=True``, in

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -54,15 +55,18 @@ from pipeline.reading import (
     read_overview,
     scene_grid,
 )
-from pipeline.stitch import NODATA
+from pipeline.stitch import NODATA, SeamTracker
 from pipeline.vectorize import (
     BlockPolygons,
     Cleanup,
     FinishedBlock,
     Polygons,
+    RegionEdges,
     clean_window,
     empty_polygons,
     finish_block,
+    instance_lookup,
+    label_regions,
     merge_blocks,
     polygonize_block,
     sieve_halo,
@@ -88,6 +92,8 @@ class RunOptions:
     workers: int | None = None
     scheduler: str | None = None
     progress: bool = True
+    instances: bool = False  # also write instances.tif (each pixel's polygon instance_id)
+    seams: bool = False  # also write seams.tif (where overlapping tiles disagree)
 
 
 @dataclass
@@ -162,13 +168,15 @@ def _blocks_task(
     grid: Grid,
     group: tuple[Block, ...],
     halo: int,
-) -> list[tuple[Block, np.ndarray, np.ndarray]]:
-    from pipeline.inference import process_blocks
+    seams: bool = False,
+) -> list[tuple[Block, np.ndarray, np.ndarray, np.ndarray | None]]:
+    from pipeline.inference import process_tiles
 
     model = cast(ModelPlugin, get_worker().plugins[plugin]).model
     assert model is not None, "model plugin was not set up"
-    results = process_blocks(model, scene, before, grid, group, halo)
-    return [(b, c, f) for b, (c, f) in zip(group, results, strict=True)]
+    results = process_tiles(model, scene, before, grid, group, halo)
+    # A tile's classes over its whole window travel only when seams.tif needs them.
+    return [(b, c, f, w if seams else None) for b, (c, f, w) in zip(group, results, strict=True)]
 
 
 @contextmanager
@@ -340,6 +348,15 @@ def run(
             work_classes, grid, NODATA, colormap=colormap, description="class"
         )
         conf_out = BlockRaster(work_conf, grid, NODATA, description="confidence %")
+        seams_out = None
+        if options.seams:
+            seams_out = BlockRaster(
+                staging.scratch("seams.work.tif"),
+                grid,
+                NODATA,
+                colormap={0: (0, 0, 0, 0), 1: (230, 20, 20, 255)},
+                description="1: another overlapping tile predicts another class",
+            )
         cache = BlockCache(folder / ".work", resume_key(workflow, scene, before, grid))
         t0 = time.perf_counter()
         with dask_client(options.workers, options.scheduler) as client:
@@ -358,14 +375,19 @@ def run(
                     conf_out,
                     times,
                     cache,
+                    seams_out,
                 )
                 t0 = time.perf_counter()
                 classes_out.to_cog(staging.path("classes.tif"), "NEAREST")
                 conf_out.to_cog(staging.path("confidence.tif"), "AVERAGE")
+                if seams_out is not None:
+                    seams_out.to_cog(staging.path("seams.tif"), "NEAREST")
                 times["cog_s"] = time.perf_counter() - t0
             finally:
                 classes_out.close()
                 conf_out.close()
+                if seams_out is not None:
+                    seams_out.close()
             t0 = time.perf_counter()
             shown = [c for c in workflow.classes if c.vectorize]
             gpkg = staging.path("polygons.gpkg")
@@ -378,14 +400,28 @@ def run(
             )
             tally = PolygonTally()
             version_of_model = model_version(workflow.model)
+            instances = None
+            if options.instances:
+                # Ids are 1 + a pixel's flat index: 32 bits hold them up to 65535² pixels.
+                wide = grid.width * grid.height >= 2**32 - 1
+                instances = BlockRaster(
+                    staging.scratch("instances.work.tif"),
+                    grid,
+                    0,
+                    description="instance_id",
+                    dtype="int64" if wide else "uint32",
+                )
+                staging.track(labels_folder(instances))
             for batch in vectorize_on_cluster(
-                client, str(work_classes), str(work_conf), grid, keep, cleanup, options
+                client, str(work_classes), str(work_conf), grid, keep, cleanup, options, instances
             ):
                 fields_of = _polygon_fields(
                     batch, workflow, scene, model.model_id, version_of_model, run_id
                 )
                 writer.append(batch.geometry, fields_of)
                 tally.add(batch)
+            if instances is not None:
+                instances.to_cog(staging.path("instances.tif"), "NEAREST")
             times["vectorize_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -585,13 +621,23 @@ def _classify(
     conf_out: BlockRaster,
     times: dict[str, float],
     cache: BlockCache,
+    seams_out: BlockRaster | None = None,
 ) -> np.ndarray:
     """Classify every block on Dask, writing each result as it arrives; return class counts.
 
     Blocks a killed earlier run of the same configuration finished come from ``cache``;
-    every block finished now is added to it before it is written.
+    every block finished now is added to it before it is written. With ``seams_out``, the
+    seam mask of every block is written there (see :class:`~pipeline.stitch.SeamTracker`);
+    a block from the cache brings no tile to compare.
     """
     counts = np.zeros(256, dtype=np.int64)
+    seams = None if seams_out is None else SeamTracker(grid, tiles, workflow.halo)
+
+    def seams_of(block: Block, classes: np.ndarray, window: np.ndarray | None) -> None:
+        if seams is not None and seams_out is not None:
+            for done, mask in seams.add(block, classes, window):
+                seams_out.write(done, mask)
+
     todo = []
     for block in tiles:
         cached = cache.get(block)
@@ -600,6 +646,7 @@ def _classify(
             continue
         classes_out.write(block, cached[0])
         conf_out.write(block, cached[1])
+        seams_of(block, cached[0], None)
         counts += np.bincount(cached[0].ravel(), minlength=256)
     times["resumed_blocks"] = len(tiles) - len(todo)
     t0 = time.perf_counter()
@@ -619,6 +666,7 @@ def _classify(
             grid,
             group,
             workflow.halo,
+            seams is not None,
             key=f"geoseg-blocks-{name}-{scene.id}-{group[0].key}-n{len(group)}"
             f"-h{workflow.halo}-{uuid.uuid4().hex[:6]}",
             pure=False,
@@ -635,10 +683,11 @@ def _classify(
     )
     try:
         for future in as_completed(futures):
-            for block, classes, confidence in future.result():
+            for block, classes, confidence, window in future.result():
                 cache.put(block, classes, confidence)
                 classes_out.write(block, classes)
                 conf_out.write(block, confidence)
+                seams_of(block, classes, window)
                 counts += np.bincount(classes.ravel(), minlength=256)
                 bar.update()
             future.release()
@@ -656,14 +705,24 @@ def _vectorize_task(
     block: Block,
     keep: tuple[int, ...],
     cleanup: Cleanup,
-) -> FinishedBlock:
+    labels_dir: str | None,
+) -> tuple[FinishedBlock, RegionEdges | None]:
     read, _ = tile_window(grid, block, sieve_halo(cleanup))
     classes = read_band_window(classes_path, read)
     confidence = read_band_window(confidence_path, block.window)
     cleaned = clean_window(classes, read, block, cleanup, NODATA)
     # Shipped as the WKB it is written in: the client then neither parses nor re-encodes it.
     part = polygonize_block(cleaned, confidence, block, grid.width, keep)
-    return finish_block(part, grid, cleanup, as_wkb=True)
+    edges = None
+    if labels_dir is not None:
+        # The block's region labels wait on disk until the joins give each its instance id.
+        np.save(_labels_file(labels_dir, block), label_regions(cleaned, keep))
+        edges = RegionEdges.of(part)
+    return finish_block(part, grid, cleanup, as_wkb=True), edges
+
+
+def _labels_file(folder: str, block: Block) -> Path:
+    return Path(folder) / f"labels-{block.row_off}-{block.col_off}.npy"
 
 
 def vectorize_on_cluster(
@@ -674,6 +733,7 @@ def vectorize_on_cluster(
     keep: tuple[int, ...],
     cleanup: Cleanup,
     options: RunOptions,
+    instances: BlockRaster | None = None,
 ) -> Iterator[Polygons]:
     """Polygonize the class raster block by block on Dask, yielding polygons as they are done.
 
@@ -682,8 +742,16 @@ def vectorize_on_cluster(
     and yielded last. So the client holds one block's polygons and the crossing pieces, never
     all the polygons of the scene. Geometries come as WKB bytes (``shapely.from_wkb`` turns
     them into shapely objects), the form :class:`~pipeline.publish.PolygonWriter` writes.
+
+    With ``instances``, each pixel's ``instance_id`` is written there once the last batch
+    has been taken: workers keep their blocks' region labels on disk beside it, and the
+    joins give every label its region's id (see :func:`~pipeline.vectorize.instance_lookup`).
     """
     parts = blocks(grid, VECTORIZE_BLOCK)
+    labels_dir = None
+    if instances is not None:
+        labels_dir = labels_folder(instances)
+        labels_dir.mkdir(exist_ok=True)
     futures = [
         client.submit(
             _vectorize_task,
@@ -693,6 +761,7 @@ def vectorize_on_cluster(
             b,
             keep,
             cleanup,
+            None if labels_dir is None else str(labels_dir),
             key=f"geoseg-vectorize-{b.key}-{uuid.uuid4().hex[:6]}",
             pure=False,
         )
@@ -700,17 +769,22 @@ def vectorize_on_cluster(
     ]
     pieces: list[BlockPolygons] = []
     occupants: list[np.ndarray] = []
+    edges: list[RegionEdges] = []
+    written: list[np.ndarray] = []
     bar = tqdm(
         total=len(parts), desc="polygons", unit="block", disable=not options.progress, leave=False
     )
     try:
         for future in as_completed(futures):
-            done: FinishedBlock = future.result()
+            done, block_edges = future.result()
             future.release()
             bar.update()
             pieces.append(done.pieces)
             if cleanup.fill_holes_m2 > 0:
                 occupants.append(done.occupants)
+            if block_edges is not None:
+                edges.append(block_edges)
+                written.append(done.polygons.instance_id)
             if len(done.polygons):
                 yield done.polygons
     finally:
@@ -722,8 +796,29 @@ def vectorize_on_cluster(
     release_memory()
     joined = merge_blocks(handed, grid, cleanup, inside, as_wkb=True)
     del occupants, inside
+    written.append(joined.instance_id)
     release_memory()  # before the caller writes the joins, which can hold a huge region
     yield joined
+    del joined
+    if instances is not None and labels_dir is not None:
+        _write_instances(instances, edges, np.concatenate(written), labels_dir)
+
+
+def labels_folder(instances: BlockRaster) -> Path:
+    """Where the region labels of ``instances``' blocks wait for their ids."""
+    return instances.path.with_name(instances.path.name + "-labels")
+
+
+def _write_instances(
+    raster: BlockRaster, edges: list[RegionEdges], written: np.ndarray, labels_dir: Path
+) -> None:
+    """Each block's labels replaced by their instance ids, into ``raster``; labels removed."""
+    dtype = np.dtype(raster.dtype)
+    for part, lookup in zip(edges, instance_lookup(edges, np.sort(written)), strict=True):
+        path = _labels_file(str(labels_dir), part.block)
+        raster.write(part.block, lookup.astype(dtype)[np.load(path)])
+        path.unlink()
+    shutil.rmtree(labels_dir, ignore_errors=True)
 
 
 def release_memory() -> None:

@@ -58,6 +58,11 @@ class Staging:
         self._pending[temp] = temp
         return temp
 
+    def track(self, path: Path) -> Path:
+        """Register a scratch file or folder made elsewhere, to be deleted like :meth:`scratch`."""
+        self._pending[path] = path
+        return path
+
     def __enter__(self) -> Staging:
         self.folder.mkdir(parents=True, exist_ok=True)
         return self
@@ -68,7 +73,9 @@ class Staging:
         assert not missing, f"staged outputs never written: {missing}"
         done = []
         for temp, final in self._pending.items():
-            if temp == final:
+            if temp == final and temp.is_dir():
+                shutil.rmtree(temp, ignore_errors=True)
+            elif temp == final:
                 temp.unlink(missing_ok=True)
             else:
                 os.replace(temp, final)
@@ -129,7 +136,7 @@ class BlockCache:
 
 
 class BlockRaster:
-    """A single-band uint8 GeoTIFF on ``grid`` written block by block, then turned into a COG."""
+    """A single-band GeoTIFF on ``grid`` written block by block, then turned into a COG."""
 
     def __init__(
         self,
@@ -138,8 +145,10 @@ class BlockRaster:
         nodata: int,
         colormap: dict[int, tuple[int, int, int, int]] | None = None,
         description: str = "",
+        dtype: str = "uint8",
     ) -> None:
         self.path = path
+        self.dtype = dtype
         self._dst = rasterio.open(
             path,
             "w",
@@ -147,7 +156,7 @@ class BlockRaster:
             width=grid.width,
             height=grid.height,
             count=1,
-            dtype="uint8",
+            dtype=dtype,
             crs=CRS.from_wkt(grid.crs_wkt),
             transform=grid.affine,
             nodata=nodata,

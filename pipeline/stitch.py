@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 from rasterio.windows import Window
 
-from pipeline.grid import Block, Padding
+from pipeline.grid import Block, Grid, Padding, tile_window
 
 #: Value of ``classes.tif`` and ``confidence.tif`` where there is no data.
 NODATA = 255
@@ -52,3 +52,118 @@ def crop_block(tile: np.ndarray, read: Window, pad: Padding, block: Block) -> np
     top = block.row_off - int(read.row_off) + pad.top
     left = block.col_off - int(read.col_off) + pad.left
     return tile[..., top : top + block.height, left : left + block.width]
+
+
+def window_of(tile: np.ndarray, read: Window, pad: Padding) -> np.ndarray:
+    """The part of a padded tile prediction (``[..., H, W]``) that lies on the grid."""
+    h, w = int(read.height), int(read.width)
+    return tile[..., pad.top : pad.top + h, pad.left : pad.left + w]
+
+
+def disagreement(
+    prediction: np.ndarray, read: Window, final: np.ndarray, block: Block
+) -> tuple[Block, np.ndarray] | None:
+    """Where a tile's ``prediction`` (over ``read``) differs from ``block``'s ``final`` classes.
+
+    Returns the part of ``block`` the tile covers and a boolean mask of it (True: both give a
+    class, and not the same one), or None if the tile does not reach the block.
+    """
+    r0 = max(int(read.row_off), block.row_off)
+    c0 = max(int(read.col_off), block.col_off)
+    r1 = min(int(read.row_off) + int(read.height), block.row_off + block.height)
+    c1 = min(int(read.col_off) + int(read.width), block.col_off + block.width)
+    if r0 >= r1 or c0 >= c1:
+        return None
+    theirs = prediction[
+        r0 - int(read.row_off) : r1 - int(read.row_off),
+        c0 - int(read.col_off) : c1 - int(read.col_off),
+    ]
+    ours = final[r0 - block.row_off : r1 - block.row_off, c0 - block.col_off : c1 - block.col_off]
+    mask = (theirs != ours) & (theirs != NODATA) & (ours != NODATA)
+    return Block(r0, c0, r1 - r0, c1 - c0), mask
+
+
+class SeamTracker:
+    """Builds ``seams.tif`` as tiles arrive: where overlapping tiles disagree on a pixel's class.
+
+    Each tile sees its block and a halo into its neighbours. A pixel of block B is a seam
+    pixel (1) where a neighbouring tile, through its halo, predicted another class than B's
+    own tile did; 0 elsewhere, 255 where B has no class. Tiles arrive in any order: a tile's
+    view of a block not yet done waits for it, and a block's mask is handed out
+    (:meth:`add` returns it) as soon as the block and every tile reaching into it are in, so
+    only the blocks along the front of finished work are held.
+    """
+
+    def __init__(self, grid: Grid, tiles: list[Block], halo: int) -> None:
+        self._read = {b: tile_window(grid, b, halo)[0] for b in tiles}
+        # reaches[c]: the blocks tile c sees besides its own; seen_by: the converse.
+        self._reaches: dict[Block, list[Block]] = {b: [] for b in tiles}
+        self._seen_by: dict[Block, list[Block]] = {b: [] for b in tiles}
+        rows = sorted({b.row_off for b in tiles})
+        by_row: dict[int, list[Block]] = {}
+        for b in tiles:
+            by_row.setdefault(b.row_off, []).append(b)
+        for c in tiles:
+            read = self._read[c]
+            r0, r1 = int(read.row_off), int(read.row_off + read.height)
+            c0, c1 = int(read.col_off), int(read.col_off + read.width)
+            for row in rows:
+                for b in by_row[row]:
+                    if b == c or b.row_off >= r1 or b.row_off + b.height <= r0:
+                        continue
+                    if b.col_off < c1 and b.col_off + b.width > c0:
+                        self._reaches[c].append(b)
+                        self._seen_by[b].append(c)
+        self._final: dict[Block, np.ndarray] = {}
+        self._mask: dict[Block, np.ndarray] = {}
+        self._waiting: dict[Block, list[tuple[np.ndarray, Window]]] = {}
+        self._arrived: set[Block] = set()
+
+    def add(
+        self, block: Block, classes: np.ndarray, prediction: np.ndarray | None
+    ) -> list[tuple[Block, np.ndarray]]:
+        """Take one block's classes and its tile's ``prediction`` over the tile's read window.
+
+        ``prediction`` None (a block resumed from a cache) adds no comparison. Returns the
+        blocks now complete, each with its uint8 seam mask.
+        """
+        self._arrived.add(block)
+        self._final[block] = classes
+        mask = np.zeros(classes.shape, dtype=bool)
+        for prediction_c, read_c in self._waiting.pop(block, []):
+            self._or(mask, block, disagreement(prediction_c, read_c, classes, block))
+        self._mask[block] = mask
+        if prediction is not None:
+            read = self._read[block]
+            for b in self._reaches[block]:
+                if b in self._final:
+                    self._or(self._mask[b], b, disagreement(prediction, read, self._final[b], b))
+                else:
+                    self._waiting.setdefault(b, []).append(self._part(prediction, read, b))
+        done = []
+        for b in (block, *self._reaches[block]):
+            if b in self._mask and all(c in self._arrived for c in self._seen_by[b]):
+                seams = self._mask.pop(b).astype(np.uint8)
+                seams[self._final.pop(b) == NODATA] = NODATA
+                done.append((b, seams))
+        return done
+
+    def _part(self, prediction: np.ndarray, read: Window, b: Block) -> tuple[np.ndarray, Window]:
+        """Only the part of a prediction over block ``b``, kept until ``b`` arrives."""
+        r0 = max(int(read.row_off), b.row_off)
+        c0 = max(int(read.col_off), b.col_off)
+        r1 = min(int(read.row_off + read.height), b.row_off + b.height)
+        c1 = min(int(read.col_off + read.width), b.col_off + b.width)
+        part = prediction[
+            r0 - int(read.row_off) : r1 - int(read.row_off),
+            c0 - int(read.col_off) : c1 - int(read.col_off),
+        ].copy()
+        return part, Window(c0, r0, c1 - c0, r1 - r0)
+
+    @staticmethod
+    def _or(mask: np.ndarray, block: Block, found: tuple[Block, np.ndarray] | None) -> None:
+        if found is None:
+            return
+        part, where = found
+        r, c = part.row_off - block.row_off, part.col_off - block.col_off
+        mask[r : r + part.height, c : c + part.width] |= where

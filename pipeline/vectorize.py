@@ -10,7 +10,10 @@ result equals vectorizing the whole raster in one go: the same polygons, the sam
 
 Statistics per polygon (pixel count, mean and maximum confidence, first pixel in raster
 order, which fixes a stable ``instance_id``) come from ``bincount`` over the labels, not from
-rasterizing polygons back; geometries are built in bulk from coordinate arrays.
+rasterizing polygons back. Regions that cross block edges are joined in pixel coordinates by
+:func:`pipeline.kernels.join_pieces`, which gives the whole raster's polygon vertex for vertex;
+geometries are written as WKB straight from the coordinate arrays
+(:func:`pipeline.kernels.polygon_wkb`), never built one by one.
 
 Clean-up (:class:`Cleanup`), in order: the sieve merges regions smaller than ``sieve_pixels``
 into the class most of their neighbouring pixels hold (a rule that depends only on the region
@@ -189,6 +192,97 @@ def polygonize_block(
     )
 
 
+@dataclass(frozen=True)
+class RegionEdges:
+    """A block's regions as far as joining them across blocks needs: no geometry.
+
+    Local labels 1..n as :func:`label_regions` numbers them; what ``instances.tif`` is made
+    from (see :func:`instance_lookup`).
+    """
+
+    block: Block
+    class_value: np.ndarray  # uint8 [n]
+    first_index: np.ndarray  # int64 [n], global flat index of each region's first pixel
+    top: np.ndarray  # int32 labels along the block's first row
+    bottom: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+
+    @classmethod
+    def of(cls, part: BlockPolygons) -> RegionEdges:
+        """The edges of a polygonized block (before :func:`finish_block` splits it)."""
+        return cls(
+            part.block,
+            part.class_value,
+            part.first_index,
+            part.top,
+            part.bottom,
+            part.left,
+            part.right,
+        )
+
+
+def region_groups(parts: Sequence[BlockPolygons | RegionEdges]) -> np.ndarray:
+    """The region each local label of ``parts`` belongs to, across block edges.
+
+    Labels are numbered part after part (part ``i``'s label ``k`` is entry
+    ``offsets[i] + k - 1``); regions of one class that touch across an edge share a group.
+    """
+    offsets = np.cumsum([0] + [len(p.class_value) for p in parts])
+    total = int(offsets[-1])
+    if total == 0:
+        return np.empty(0, dtype=np.int64)
+    class_value = np.concatenate([p.class_value for p in parts])
+    at = {(p.block.row_off, p.block.col_off): (i, p) for i, p in enumerate(parts)}
+    src: list[np.ndarray] = []
+    dst: list[np.ndarray] = []
+    for i, p in enumerate(parts):
+        for (dr, dc), mine, theirs in (
+            ((0, p.block.width), "right", "left"),
+            ((p.block.height, 0), "bottom", "top"),
+        ):
+            nb = at.get((p.block.row_off + dr, p.block.col_off + dc))
+            if nb is None:
+                continue
+            j, q = nb
+            a, b = getattr(p, mine), getattr(q, theirs)
+            both = (a > 0) & (b > 0)
+            ga = a[both].astype(np.int64) - 1 + offsets[i]
+            gb = b[both].astype(np.int64) - 1 + offsets[j]
+            same = class_value[ga] == class_value[gb]
+            src.append(ga[same])
+            dst.append(gb[same])
+    if not src:
+        return np.arange(total)
+    s, d = np.concatenate(src), np.concatenate(dst)
+    graph = coo_matrix((np.ones(len(s), dtype=np.int8), (s, d)), shape=(total, total))
+    _, group = connected_components(graph, directed=False)
+    return np.asarray(group, dtype=np.int64)
+
+
+def instance_lookup(parts: Sequence[RegionEdges], kept: np.ndarray) -> list[np.ndarray]:
+    """Per part, each local label's ``instance_id`` (index 0 and dropped regions: 0).
+
+    A region's id is 1 + the flat index of its first pixel in raster order, as its polygon's;
+    ``kept`` holds the ids of the polygons written (clean-up drops some), so a pixel gets the
+    id of its polygon or none.
+    """
+    if not parts:
+        return []
+    group = region_groups(parts)
+    first = np.full(int(group.max()) + 1 if len(group) else 0, np.iinfo(np.int64).max)
+    np.minimum.at(first, group, np.concatenate([p.first_index for p in parts]))
+    ids = first[group] + 1
+    ids[~np.isin(ids, kept)] = 0
+    out = []
+    start = 0
+    for p in parts:
+        n = len(p.class_value)
+        out.append(np.concatenate([[0], ids[start : start + n]]).astype(np.int64))
+        start += n
+    return out
+
+
 def merge_blocks(
     parts: Iterable[BlockPolygons],
     grid: Grid,
@@ -209,35 +303,10 @@ def merge_blocks(
     if not parts:
         return empty_polygons()
     offsets = np.cumsum([0] + [len(p.class_value) for p in parts])
-    total = int(offsets[-1])
     class_value = np.concatenate([p.class_value for p in parts])
 
     # Regions of one class that touch across a block edge are one region.
-    at = {(p.block.row_off, p.block.col_off): (i, p) for i, p in enumerate(parts)}
-    src: list[np.ndarray] = []
-    dst: list[np.ndarray] = []
-    for i, p in enumerate(parts):
-        for (dr, dc), mine, theirs in (
-            ((0, p.block.width), "right", "left"),
-            ((p.block.height, 0), "bottom", "top"),
-        ):
-            nb = at.get((p.block.row_off + dr, p.block.col_off + dc))
-            if nb is None:
-                continue
-            j, q = nb
-            a, b = getattr(p, mine), getattr(q, theirs)
-            both = (a > 0) & (b > 0)
-            ga = a[both].astype(np.int64) - 1 + offsets[i]
-            gb = b[both].astype(np.int64) - 1 + offsets[j]
-            same = class_value[ga] == class_value[gb]
-            src.append(ga[same])
-            dst.append(gb[same])
-    if src:
-        s, d = np.concatenate(src), np.concatenate(dst)
-        graph = coo_matrix((np.ones(len(s), dtype=np.int8), (s, d)), shape=(total, total))
-        _, group = connected_components(graph, directed=False)
-    else:
-        group = np.arange(total)
+    group = region_groups(parts)
     n_groups = int(group.max()) + 1
 
     pixels = np.bincount(
@@ -262,7 +331,7 @@ def merge_blocks(
     cut_y[[p.block.row_off for p in parts]] = True
     cut_x[0] = cut_y[0] = False
     coords, ring_offsets, poly_offsets, label_of = _concat_pieces(parts, offsets)
-    del parts, at, p  # a merged region can have millions of vertices: one copy at a time
+    del parts  # a merged region can have millions of vertices: one copy at a time
     poly_group = group[label_of]
     joined = sizes[poly_group] > 1
     # Written as WKB in the grid's CRS straight from the coordinate arrays, then parsed: this

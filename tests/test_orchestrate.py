@@ -332,3 +332,133 @@ def test_polygons_stream_from_the_cluster_block_by_block(tmp_path, monkeypatch):
     np.testing.assert_array_equal(got.pixels[order], want.pixels)
     np.testing.assert_allclose(got.area_m2[order], want.area_m2, rtol=1e-9)
     assert shapely.equals(shapely.from_wkb(got.geometry[order]), want.geometry).all()
+
+
+def _expected_instances(classes: np.ndarray, keep: list[int]) -> np.ndarray:
+    """Each pixel of a kept class: 1 + the flat index of its region's first pixel (scipy)."""
+    from scipy import ndimage
+
+    out = np.zeros(classes.shape, dtype=np.int64)
+    flat = np.arange(classes.size).reshape(classes.shape)
+    for value in keep:
+        regions, n = ndimage.label(classes == value)  # 4-connected, as GDAL polygonizes
+        first = ndimage.minimum(flat, regions, index=np.arange(1, n + 1))
+        ids = np.concatenate([[0], np.asarray(first, dtype=np.int64) + 1])
+        out[regions > 0] = ids[regions[regions > 0]]
+    return out
+
+
+@pytest.mark.parametrize("min_area_m2", [0.0, 2000.0])
+def test_instances_raster_holds_each_pixels_polygon_id(tmp_path, monkeypatch, min_area_m2):
+    """instances.tif: every pixel of a polygon carries its instance_id, across block edges."""
+    from distributed import Client, LocalCluster
+    from scipy import ndimage
+
+    from pipeline.bench.common import bench_grid
+    from pipeline.orchestrate import labels_folder, vectorize_on_cluster
+    from pipeline.publish import BlockRaster
+    from pipeline.vectorize import Cleanup, concat_polygons, sieve
+
+    rng = np.random.default_rng(7)
+    field = ndimage.gaussian_filter(rng.normal(size=(200, 230)), 2.0)
+    classes = np.digitize(field, np.quantile(field, [0.4, 0.7])).astype(np.uint8)
+    classes[150:170, 20:60] = 255  # nodata: no instance there
+    conf = rng.integers(50, 101, size=classes.shape).astype(np.uint8)
+    grid = bench_grid(200)
+    grid = type(grid)(grid.crs_wkt, grid.transform, width=230, height=200)
+    paths = []
+    for name, values in (("classes", classes), ("conf", conf)):
+        path = tmp_path / f"{name}.tif"
+        write_raster(path, values[None], grid.affine, "EPSG:32618", nodata=255)
+        paths.append(str(path))
+    monkeypatch.setattr("pipeline.orchestrate.VECTORIZE_BLOCK", 48)  # regions cross blocks
+    cleanup = Cleanup(sieve_pixels=5, min_area_m2=min_area_m2, fill_holes_m2=3000)
+    raster = BlockRaster(tmp_path / "instances.work.tif", grid, 0, dtype="uint32")
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+        batches = list(
+            vectorize_on_cluster(
+                client, *paths, grid, (1, 2), cleanup, RunOptions(progress=False), raster
+            )
+        )
+    raster.close()
+    assert not labels_folder(raster).exists()  # the block labels are cleaned up
+    polys = concat_polygons(batches)
+    with rasterio.open(raster.path) as src:
+        got = src.read(1).astype(np.int64)
+    want = _expected_instances(sieve(classes, 5, 255), [1, 2])
+    dropped = ~np.isin(want, polys.instance_id) & (want > 0)
+    assert dropped.any() == (min_area_m2 > 0)  # small polygons dropped, and their pixels
+    want[dropped] = 0
+    np.testing.assert_array_equal(got, want)
+    # The instance view and the polygons agree: ids and pixels per polygon.
+    ids, counts = np.unique(got[got > 0], return_counts=True)
+    order = np.argsort(polys.instance_id)
+    np.testing.assert_array_equal(ids, polys.instance_id[order])
+    np.testing.assert_array_equal(counts, polys.pixels[order])
+
+
+def test_run_writes_instances_on_request(synthetic_catalog, forest, tmp_path):
+    res = run(
+        forest.with_overrides(tile_size=32),
+        synthetic_catalog,
+        "synth",
+        options=RunOptions(out=tmp_path, workers=1, progress=False, instances=True),
+    )
+    assert (res.folder / "instances.tif") in res.files
+    assert not [p for p in res.folder.iterdir() if p.name.startswith(".")]  # no scratch left
+    with rasterio.open(res.folder / "instances.tif") as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert src.dtypes[0] == "uint32" and src.nodata == 0
+        ids = np.unique(src.read(1))
+    meta, _, _, fields = pyogrio.raw.read(
+        res.folder / "polygons.gpkg", layer="forest", read_geometry=False
+    )
+    written = fields[list(meta["fields"]).index("instance_id")]
+    assert len(written) > 0
+    np.testing.assert_array_equal(ids[ids > 0], np.sort(written))
+
+
+def test_run_writes_seams_where_overlapping_tiles_disagree(synthetic_catalog, tmp_path):
+    """seams.tif from a real run equals comparing every tile's halo with its neighbours."""
+    from pipeline.bench.model import bench_workflow, write_random_unet
+    from pipeline.grid import blocks
+    from pipeline.inference import predict_batch, read_tile
+    from pipeline.stitch import disagreement, window_of
+
+    # An untrained U-Net: its classes depend on context, so tiles disagree near their edges.
+    ckpt = write_random_unet(tmp_path / "u.ckpt", ("red", "nir", "swir16"), seed=2)
+    workflow = bench_workflow(str(ckpt), tile=32, halo=8)
+    res = run(
+        workflow,
+        synthetic_catalog,
+        "synth",
+        options=RunOptions(out=tmp_path / "out", workers=1, progress=False, seams=True),
+    )
+    assert (res.folder / "seams.tif") in res.files
+    with rasterio.open(res.folder / "classes.tif") as src:
+        classes = src.read(1)
+    with rasterio.open(res.folder / "seams.tif") as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and src.nodata == NODATA
+        seams = src.read(1)
+    model, scene, _, grid = plan(workflow, synthetic_catalog, "synth", None)
+    want = np.zeros_like(classes)
+    tiles = blocks(grid, 32)
+    for c in tiles:
+        data, valid, read, pad = read_tile(model.bands, scene, None, grid, c, 8)
+        prediction = window_of(predict_batch(model, data[None], valid[None])[0][0], read, pad)
+        for b in tiles:
+            final = classes[b.row_off : b.row_off + b.height, b.col_off : b.col_off + b.width]
+            found = disagreement(prediction, read, final, b) if b != c else None
+            if found is not None:
+                part, mask = found
+                window = (
+                    slice(part.row_off, part.row_off + part.height),
+                    slice(part.col_off, part.col_off + part.width),
+                )
+                want[window] |= mask.astype(np.uint8)
+    want[classes == NODATA] = NODATA
+    np.testing.assert_array_equal(seams, want)
+    assert (seams == 1).sum() > 0

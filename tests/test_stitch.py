@@ -237,3 +237,80 @@ def test_blockwise_equals_whole_raster_on_one_pixel_wide_grid(shape: tuple[int, 
     expected = _whole_pass(model, data, valid, RADIUS)
     got = _blockwise(model, data, valid, 16, halo=2)
     np.testing.assert_array_equal(got[1], expected[1])
+
+
+def _brute_seams(grid: Grid, tiles: list[Block], halo: int, final, windows, skip=()):
+    """Seam mask by comparing every tile's window with every block it reaches."""
+    from pipeline.stitch import disagreement
+
+    out = np.zeros((grid.height, grid.width), dtype=np.uint8)
+    for c in tiles:
+        if c in skip:
+            continue
+        read, _ = tile_window(grid, c, halo)
+        for b in tiles:
+            if b == c:
+                continue
+            found = disagreement(windows[c], read, final[b], b)
+            if found is not None:
+                part, mask = found
+                out[
+                    part.row_off : part.row_off + part.height,
+                    part.col_off : part.col_off + part.width,
+                ] |= mask.astype(np.uint8)
+    return out
+
+
+@pytest.mark.parametrize("order", ["raster", "reversed", "shuffled"])
+def test_seam_tracker_matches_brute_force_in_any_order(order: str) -> None:
+    from pipeline.stitch import SeamTracker, window_of
+
+    rng = np.random.default_rng(3)
+    grid = Grid(UTM18, (10.0, 0.0, ORIGIN[0], 0.0, -10.0, ORIGIN[1]), width=45, height=38)
+    halo = 4
+    tiles = blocks(grid, 12)
+    truth = rng.integers(0, 3, (grid.height, grid.width)).astype(np.uint8)
+    truth[:3, :10] = NODATA
+    final, windows = {}, {}
+    for b in tiles:
+        read, pad = tile_window(grid, b, halo)
+        # A tile mostly agrees with the truth, except for noise that depends on the tile.
+        tile = np.pad(truth, halo, mode="reflect")[
+            b.row_off + halo - halo : b.row_off + b.height + 2 * halo,
+            b.col_off + halo - halo : b.col_off + b.width + 2 * halo,
+        ].copy()
+        flip = rng.random(tile.shape) < 0.05
+        tile[flip] = (tile[flip] + 1) % 3
+        windows[b] = window_of(tile, read, pad)
+        final[b] = crop_block(tile, read, pad, b)
+    arrival = {
+        "raster": list(tiles),
+        "reversed": list(reversed(tiles)),
+        "shuffled": [tiles[i] for i in rng.permutation(len(tiles))],
+    }[order]
+    resumed = {arrival[5]}  # a block from the cache: no tile of its own to compare
+    tracker = SeamTracker(grid, tiles, halo)
+    got = np.full((grid.height, grid.width), 99, dtype=np.uint8)
+    emitted = []
+    for b in arrival:
+        for done, mask in tracker.add(b, final[b], None if b in resumed else windows[b]):
+            emitted.append(done)
+            got[
+                done.row_off : done.row_off + done.height, done.col_off : done.col_off + done.width
+            ] = mask
+    assert sorted(emitted) == sorted(tiles)  # every block once, when it is complete
+    want = _brute_seams(grid, tiles, halo, final, windows, skip=resumed)
+    whole = np.zeros_like(truth)
+    for b in tiles:
+        whole[b.row_off : b.row_off + b.height, b.col_off : b.col_off + b.width] = final[b]
+    want[whole == NODATA] = NODATA
+    np.testing.assert_array_equal(got, want)
+    assert (want == 1).sum() > 20  # the noise makes seams, only within a halo of block edges
+    rows, cols = np.nonzero(want == 1)
+    near = np.array(
+        [
+            min(r % 12, 11 - r % 12) < halo or min(c % 12, 11 - c % 12) < halo
+            for r, c in zip(rows, cols, strict=True)
+        ]
+    )
+    assert near.all()

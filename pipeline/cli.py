@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a workflow on a scene",
         description=(
             "Run WORKFLOW on a catalog scene and write classes.tif, confidence.tif, "
-            "polygons.gpkg and run.json to OUT/WORKFLOW/SCENE/."
+            "polygons.gpkg, preview.png and run.json (and on request instances.tif, "
+            "seams.tif) to OUT/WORKFLOW/SCENE/."
         ),
     )
     run.add_argument(

@@ -20,6 +20,7 @@ that is already within 0.03 % of a single pass.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from typing import Literal
 
 import numpy as np
@@ -99,19 +100,21 @@ class SeamTracker:
         # reaches[c]: the blocks tile c sees besides its own; seen_by: the converse.
         self._reaches: dict[Block, list[Block]] = {b: [] for b in tiles}
         self._seen_by: dict[Block, list[Block]] = {b: [] for b in tiles}
+        # Blocks tile the grid in rows and columns: a tile's window meets the few blocks whose
+        # row and column offsets bracket it, found by bisection (linear in the blocks).
+        at = {(b.row_off, b.col_off): b for b in tiles}
         rows = sorted({b.row_off for b in tiles})
-        by_row: dict[int, list[Block]] = {}
-        for b in tiles:
-            by_row.setdefault(b.row_off, []).append(b)
+        cols = sorted({b.col_off for b in tiles})
         for c in tiles:
             read = self._read[c]
             r0, r1 = int(read.row_off), int(read.row_off + read.height)
             c0, c1 = int(read.col_off), int(read.col_off + read.width)
-            for row in rows:
-                for b in by_row[row]:
-                    if b == c or b.row_off >= r1 or b.row_off + b.height <= r0:
+            for row in rows[max(bisect_right(rows, r0) - 1, 0) : bisect_left(rows, r1)]:
+                for col in cols[max(bisect_right(cols, c0) - 1, 0) : bisect_left(cols, c1)]:
+                    b = at.get((row, col))
+                    if b is None or b == c:
                         continue
-                    if b.col_off < c1 and b.col_off + b.width > c0:
+                    if b.row_off + b.height > r0 and b.col_off + b.width > c0:
                         self._reaches[c].append(b)
                         self._seen_by[b].append(c)
         self._final: dict[Block, np.ndarray] = {}

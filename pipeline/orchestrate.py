@@ -694,6 +694,10 @@ def _classify(
     finally:
         bar.close()
         client.cancel(futures)
+        # The workers vectorize next: let them drop the network and the heap its forward
+        # passes left, so the two stages' peaks do not add up in one process.
+        client.unregister_worker_plugin(name)
+        client.run(release_memory)
     times["tiles_s"] = time.perf_counter() - t0
     return counts
 

@@ -460,9 +460,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``geoseg`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Before GDAL first reads: its block cache would otherwise take 5 % of RAM (see
-    # pipeline.orchestrate.GDAL_CACHE_MB, which workers get).
-    os.environ.setdefault("GDAL_CACHEMAX", "64")
+    from pipeline.reading import gdal_cache_setting
+
+    # Before GDAL first reads: the client gets the block cache its workers get.
+    os.environ["GDAL_CACHEMAX"] = gdal_cache_setting()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_quiet_dask)

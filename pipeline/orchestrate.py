@@ -50,6 +50,7 @@ from pipeline.publish import (
 from pipeline.reading import (
     check_compatible,
     file_sha256,
+    gdal_cache_setting,
     read_band_overview,
     read_band_window,
     read_overview,
@@ -80,8 +81,6 @@ log = logging.getLogger(__name__)
 
 #: Edge of the blocks the class raster is polygonized in (bounds memory per task).
 VECTORIZE_BLOCK = 2048
-#: GDAL block cache (MB) of every worker unless ``GDAL_CACHEMAX`` is set.
-GDAL_CACHE_MB = 64
 
 
 @dataclass(frozen=True)
@@ -197,9 +196,7 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
         return
     n = workers or len(os.sched_getaffinity(0))
     one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    # GDAL's block cache defaults to 5 % of RAM per process and fills as a scene is read,
-    # so a worker's memory would grow with the scene: each tile is read about once anyway.
-    one_thread["GDAL_CACHEMAX"] = os.environ.get("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
+    one_thread["GDAL_CACHEMAX"] = gdal_cache_setting()
     # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's mmap
     # threshold at 128 KiB: every large tensor of a forward pass is then mapped and unmapped
     # afresh, page faults and all, and a U-Net forward pass takes 18 % longer (1.66 s against
@@ -715,13 +712,14 @@ def _vectorize_task(
     classes = read_band_window(classes_path, read)
     confidence = read_band_window(confidence_path, block.window)
     cleaned = clean_window(classes, read, block, cleanup, NODATA)
-    # Shipped as the WKB it is written in: the client then neither parses nor re-encodes it.
-    part = polygonize_block(cleaned, confidence, block, grid.width, keep)
+    labels = label_regions(cleaned, keep)
+    part = polygonize_block(cleaned, confidence, block, grid.width, keep, labels)
     edges = None
     if labels_dir is not None:
         # The block's region labels wait on disk until the joins give each its instance id.
-        np.save(_labels_file(labels_dir, block), label_regions(cleaned, keep))
+        np.save(_labels_file(labels_dir, block), labels)
         edges = RegionEdges.of(part)
+    # Shipped as the WKB it is written in: the client then neither parses nor re-encodes it.
     return finish_block(part, grid, cleanup, as_wkb=True), edges
 
 

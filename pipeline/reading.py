@@ -16,6 +16,7 @@ mask; the data there is 0 so that models see finite numbers.
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,16 @@ from rasterio.windows import Window
 from pipeline.catalog import BandSource, Scene
 from pipeline.errors import SceneError
 from pipeline.grid import Grid
+
+#: GDAL block cache (MB) geoseg gives every process unless ``GDAL_CACHEMAX`` is set. GDAL's
+#: default, 5 % of RAM per process, fills as a scene is read, so memory would grow with the
+#: scene; each tile is read about once anyway.
+GDAL_CACHE_MB = 64
+
+
+def gdal_cache_setting() -> str:
+    """``GDAL_CACHEMAX`` for geoseg's processes: the user's if set, else :data:`GDAL_CACHE_MB`."""
+    return os.environ.get("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
 
 
 @dataclass(frozen=True)

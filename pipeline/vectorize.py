@@ -27,7 +27,7 @@ becomes a polygon.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -157,15 +157,19 @@ def polygonize_block(
     block: Block,
     grid_width: int,
     keep: Sequence[int],
+    labels: np.ndarray | None = None,
 ) -> BlockPolygons:
     """Polygonize one (already cleaned) block of classes, in global pixel coordinates.
 
     One polygon per label of :func:`label_regions`, in label order, traced by
     :func:`pipeline.kernels.trace_polygons`: the polygons ``rasterio.features.shapes`` gives
-    with 4-connectivity, vertex for vertex.
+    with 4-connectivity, vertex for vertex. ``labels``: :func:`label_regions` of these
+    classes and ``keep`` if the caller already has them.
     """
     classes = _as_uint8(classes)
-    labels, n = kernels.label_regions(classes, _keep_order(keep))
+    if labels is None:
+        labels = label_regions(classes, keep)
+    n = int(labels.max()) if labels.size else 0
     pixels, conf_sum, conf_max, class_of, first_local = kernels.region_stats(
         labels, n, classes, np.ascontiguousarray(confidence, dtype=np.uint8)
     )
@@ -367,12 +371,12 @@ def merge_blocks(
     geometry = shapely.from_wkb(wkb)
     if cleanup.fill_holes_m2 > 0:
         inside = first if occupants is None else np.concatenate([first, occupants])
-        filled = _fill_holes(geometry, grid, cleanup.fill_holes_m2, _pixel_centres(inside, grid))
-        changed = np.flatnonzero([a is not b for a, b in zip(filled, geometry, strict=True)])
+        geometry, changed = _fill_holes(
+            geometry, grid, cleanup.fill_holes_m2, _pixel_centres(inside, grid)
+        )
         if changed.size:
             wkb = wkb.copy()
-            wkb[changed] = shapely.to_wkb(filled[changed])
-        geometry = filled
+            wkb[changed] = shapely.to_wkb(geometry[changed])
     area, perimeter = measure(geometry, grid)
     keep = area >= cleanup.min_area_m2
     geometry, area, perimeter, wkb = geometry[keep], area[keep], perimeter[keep], wkb[keep]
@@ -492,25 +496,6 @@ def _join_crossing(
     return out, out_rings, out_polys, fallback
 
 
-def _to_crs(grid: Grid) -> Callable[[np.ndarray], np.ndarray]:
-    """Pixel (col, row) coordinates to the grid's CRS, as float64."""
-    a, b, c, d, e, f = grid.transform
-
-    def apply(xy: np.ndarray) -> np.ndarray:
-        # In place in the output: a merged region can have millions of vertices.
-        x, y = xy[:, 0], xy[:, 1]
-        out = np.empty(xy.shape, dtype=np.float64)
-        for col, scale_x, scale_y, shift in ((0, a, b, c), (1, d, e, f)):
-            # (shift + scale_x * x) + scale_y * y, as GDAL and affine round it.
-            np.multiply(x, scale_x, out=out[:, col])
-            out[:, col] += shift
-            if scale_y:
-                out[:, col] += scale_y * y
-        return out
-
-    return apply
-
-
 def _equal_area(grid: Grid) -> pyproj.Transformer | None:
     crs = pyproj.CRS.from_wkt(grid.crs_wkt)
     if not crs.is_geographic:
@@ -554,22 +539,25 @@ def area_m2(geometry: np.ndarray, grid: Grid) -> np.ndarray:
 def _pixel_centres(index: np.ndarray, grid: Grid) -> np.ndarray:
     """Points at the centres of pixels given by raster-order index, in the grid's CRS."""
     rows, cols = np.divmod(index, grid.width)
-    xy = _to_crs(grid)(np.column_stack([cols + 0.5, rows + 0.5]))
-    return np.asarray(shapely.points(xy), dtype=object)
+    a, b, c, d, e, f = grid.transform
+    col, row = cols + 0.5, rows + 0.5
+    return np.asarray(shapely.points(a * col + b * row + c, d * col + e * row + f), dtype=object)
 
 
 def _fill_holes(
     geometry: np.ndarray, grid: Grid, max_m2: float, occupants: np.ndarray
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Fill interior rings smaller than ``max_m2`` that hold none of the ``occupants`` points.
 
     Every polygon holds its own first pixel's centre, so the first pixels of all polygons tell
-    whether a hole holds another polygon.
+    whether a hole holds another polygon. Returns the polygons and the indices of those
+    changed.
     """
     n_holes = shapely.get_num_interior_rings(geometry)
     candidates = np.flatnonzero(n_holes > 0)
+    changed: list[int] = []
     if candidates.size == 0:
-        return geometry
+        return geometry, np.array(changed, dtype=np.int64)
     tree = shapely.STRtree(occupants)
     out = geometry.copy()
     for i in candidates:
@@ -583,7 +571,8 @@ def _fill_holes(
         ]
         if len(kept) != len(poly.interiors):
             out[i] = shapely.Polygon(poly.exterior, kept)
-    return out
+            changed.append(int(i))
+    return out, np.array(changed, dtype=np.int64)
 
 
 def _simplify(geometry: np.ndarray, grid: Grid, tolerance_m: float) -> np.ndarray:

@@ -43,7 +43,9 @@ def in_subprocess(target: str, *args: str) -> dict[str, Any]:
     )
     # Every step gets the GDAL block cache geoseg's CLI and workers get, so none is measured
     # with GDAL's default (5 % of RAM), which fills up as a scene is read.
-    env = {**os.environ, "GDAL_CACHEMAX": os.environ.get("GDAL_CACHEMAX", "64")}
+    from pipeline.reading import gdal_cache_setting
+
+    env = {**os.environ, "GDAL_CACHEMAX": gdal_cache_setting()}
     proc = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False, env=env
     )

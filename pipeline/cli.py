@@ -257,6 +257,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--tile-size", type=_positive, default=None, metavar="PX", help="pipeline block edge"
     )
     bench.add_argument("--halo", type=_non_negative, default=None, metavar="PX")
+    bench.add_argument(
+        "--engine",
+        choices=("torch", "openvino"),
+        default="torch",
+        help="what runs the pipeline's and model-only forward passes (the peer always uses "
+        "torch; default: torch)",
+    )
+    bench.add_argument(
+        "--precision",
+        choices=("f32", "bf16"),
+        default="f32",
+        help="forward-pass arithmetic; bf16 needs --engine openvino (default: f32)",
+    )
     bench.add_argument("--no-peer", action="store_true", help="skip TorchGeo's way")
     bench.add_argument("--no-baseline", action="store_true", help="skip the whole-raster baseline")
     bench.add_argument("--json", action="store_true", help="print JSON")
@@ -408,6 +421,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.bench.model import HALO, TILE, describe
 
     workers = args.workers or default_workers()
+    if args.precision == "bf16" and args.engine != "openvino":
+        raise ConfigError("--precision bf16 needs --engine openvino")
     result: dict[str, object] = {}
     if args.part in ("all", "model"):
         result |= bench_model(
@@ -417,6 +432,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             tile=args.tile_size or TILE,
             halo=HALO if args.halo is None else args.halo,
             peer=not args.no_peer,
+            engine=args.engine,
+            precision=args.precision,
         )
     if args.part in ("all", "vectorize"):
         result |= bench_vectorize(args.size, workers, baseline=not args.no_baseline)

@@ -7,20 +7,27 @@ in the worker that runs it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from rasterio.windows import Window
 
 from pipeline.catalog import Scene
 from pipeline.errors import ModelError
 from pipeline.grid import Block, Grid, Padding, tile_window
-from pipeline.models.base import SegmentationModel
+from pipeline.models.engines import OpenVINOModel
 from pipeline.reading import read_window
 from pipeline.stitch import NODATA, crop_block, pad_tile, window_of
 
+if TYPE_CHECKING:
+    from pipeline.models.base import SegmentationModel
+
+    #: What classifies tiles: a torch module, or a network OpenVINO runs (no torch needed).
+    Model = SegmentationModel | OpenVINOModel
+
 
 def predict_tile(
-    model: SegmentationModel, data: np.ndarray, valid: np.ndarray
+    model: Model, data: np.ndarray, valid: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Classify one tile: ``data`` float32 ``[C, H, W]``, ``valid`` boolean ``[H, W]``.
 
@@ -30,17 +37,16 @@ def predict_tile(
     return classes[0], confidence[0]
 
 
-@torch.inference_mode()
 def predict_batch(
-    model: SegmentationModel, data: np.ndarray, valid: np.ndarray
+    model: Model, data: np.ndarray, valid: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Classify a batch of equally sized tiles in one forward pass.
 
     ``data`` is float32 ``[N, C, H, W]`` in the model's band order, ``valid`` boolean
     ``[N, H, W]``. Returns ``(classes, confidence)``, both uint8 ``[N, H, W]``: the arg-max class
     and its softmax probability in percent, :data:`NODATA` where the input was invalid. Tiles
-    without any valid pixel are left out of the forward pass. Runs on the model's device (CUDA
-    when the model was moved there), channels-last.
+    without any valid pixel are left out of the forward pass. A torch model runs on its device
+    (CUDA when the model was moved there), channels-last; an :class:`OpenVINOModel` on the CPU.
     """
     n, h, w = valid.shape
     classes = np.full((n, h, w), NODATA, dtype=np.uint8)
@@ -48,23 +54,53 @@ def predict_batch(
     todo = np.flatnonzero(valid.reshape(n, -1).any(axis=1))
     if todo.size == 0:
         return classes, confidence
-    device = next(model.parameters(), torch.empty(0)).device
-    x = torch.from_numpy(np.ascontiguousarray(data[todo], dtype=np.float32)).to(device)
-    x = x.contiguous(memory_format=torch.channels_last)
-    scores = model(x)
+    x = np.ascontiguousarray(data[todo], dtype=np.float32)
     expected = (len(todo), model.num_classes, h, w)
-    if tuple(scores.shape) != expected:
-        raise ModelError(
-            f"model {model.model_id!r} returned scores of shape {list(scores.shape)}, "
-            f"expected {list(expected)}"
-        )
-    prob, cls = torch.softmax(scores.float(), dim=1).max(dim=1)
-    cls_np = cls.to(torch.uint8).cpu().numpy()
-    conf_np = torch.round(prob * 100).to(torch.uint8).cpu().numpy()
+    if isinstance(model, OpenVINOModel):
+        cls_np, conf_np = _classify_numpy(model, x, expected)
+    else:
+        cls_np, conf_np = _classify_torch(model, x, expected)
     ok = valid[todo]
     classes[todo] = np.where(ok, cls_np, NODATA)
     confidence[todo] = np.where(ok, conf_np, NODATA)
     return classes, confidence
+
+
+def _check_scores(model: Model, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    if shape != expected:
+        raise ModelError(
+            f"model {model.model_id!r} returned scores of shape {list(shape)}, "
+            f"expected {list(expected)}"
+        )
+
+
+def _classify_torch(
+    model: SegmentationModel, x: np.ndarray, expected: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    with torch.inference_mode():
+        device = next(model.parameters(), torch.empty(0)).device
+        xt = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
+        scores = model(xt)
+        _check_scores(model, tuple(scores.shape), expected)
+        prob, cls = torch.softmax(scores.float(), dim=1).max(dim=1)
+        cls_np = cls.to(torch.uint8).cpu().numpy()
+        conf_np = torch.round(prob * 100).to(torch.uint8).cpu().numpy()
+    return cls_np, conf_np
+
+
+def _classify_numpy(
+    model: OpenVINOModel, x: np.ndarray, expected: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    scores = model(x)
+    _check_scores(model, scores.shape, expected)
+    cls = scores.argmax(axis=1)
+    # The winner's softmax probability is 1 / sum(exp(s - s_max)).
+    top = np.take_along_axis(scores, cls[:, None], axis=1)
+    total = np.exp(scores - top).sum(axis=1)
+    conf = np.round(100.0 / total).astype(np.uint8)
+    return cls.astype(np.uint8), conf
 
 
 def read_tile(
@@ -82,7 +118,7 @@ def read_tile(
 
 
 def process_blocks(
-    model: SegmentationModel,
+    model: Model,
     scene: Scene,
     before: Scene | None,
     grid: Grid,
@@ -94,17 +130,19 @@ def process_blocks(
 
 
 def process_tiles(
-    model: SegmentationModel,
+    model: Model,
     scene: Scene,
     before: Scene | None,
     grid: Grid,
     group: tuple[Block, ...],
     halo: int,
+    batch_size: int | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """As :func:`process_blocks`, with each tile's classes over its whole read window too.
 
     The window's classes (the block and the halo the tile saw on the grid) are what
-    ``seams.tif`` compares with the neighbouring blocks' own classes.
+    ``seams.tif`` compares with the neighbouring blocks' own classes. Tiles of one shape go
+    through the network ``batch_size`` at a time (all at once when None).
     """
     tiles = [read_tile(model.bands, scene, before, grid, b, halo) for b in group]
     empty = np.empty(0)
@@ -112,7 +150,9 @@ def process_tiles(
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, (data, _, _, _) in enumerate(tiles):
         by_shape.setdefault(data.shape, []).append(i)
-    for members in by_shape.values():
+    step = batch_size or len(group)
+    chunks = [m[k : k + step] for m in by_shape.values() for k in range(0, len(m), step)]
+    for members in chunks:
         data = np.stack([tiles[i][0] for i in members])
         valid = np.stack([tiles[i][1] for i in members])
         classes, confidence = predict_batch(model, data, valid)
@@ -127,7 +167,7 @@ def process_tiles(
 
 
 def process_block(
-    model: SegmentationModel,
+    model: Model,
     scene: Scene,
     before: Scene | None,
     grid: Grid,
@@ -136,6 +176,29 @@ def process_block(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read, classify and crop one block; return its (classes, confidence) arrays."""
     return process_blocks(model, scene, before, grid, (block,), halo)[0]
+
+
+def runs(tiles: list[Block], size: int) -> list[tuple[Block, ...]]:
+    """Split blocks into runs of at most ``size`` neighbours along a row (one task each).
+
+    Neighbouring tiles overlap in the file blocks they decompress: one process reading a run
+    of them finds most of them in its GDAL block cache (768 tiles with a 32 px halo touch 3 of
+    a file's 512 px block columns each, 2 of them shared with the tile before).
+    """
+    out: list[tuple[Block, ...]] = []
+    current: list[Block] = []
+    for b in tiles:
+        if current and (
+            len(current) == size
+            or b.row_off != current[-1].row_off
+            or b.col_off != current[-1].col_off + current[-1].width
+        ):
+            out.append(tuple(current))
+            current = []
+        current.append(b)
+    if current:
+        out.append(tuple(current))
+    return out
 
 
 def batches(tiles: list[Block], size: int) -> list[tuple[Block, ...]]:

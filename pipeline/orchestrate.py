@@ -37,6 +37,7 @@ from pipeline.catalog import Catalog, Scene
 from pipeline.errors import ConfigError, ModelError
 from pipeline.grid import Block, Grid, blocks, pixel_size_m, tile_window
 from pipeline.models.card import ModelCard, check_resolution, check_values
+from pipeline.models.engines import NetworkInfo
 from pipeline.publish import (
     BlockCache,
     BlockRaster,
@@ -72,12 +73,19 @@ from pipeline.vectorize import (
     polygonize_block,
     sieve_halo,
 )
-from pipeline.workflow import ClassDef, ModelConfig, Workflow
+from pipeline.workflow import ClassDef, ModelConfig, TorchGeoModelConfig, Workflow
 
 if TYPE_CHECKING:
     from pipeline.models import SegmentationModel
+    from pipeline.models.engines import OpenVINOModel
+
+    #: What :func:`plan` learns of a model: the torch model, or a converted network's info.
+    ModelInfo = SegmentationModel | NetworkInfo
 
 log = logging.getLogger(__name__)
+
+#: Most neighbouring blocks one classification task reads and classifies in turn.
+TILES_PER_TASK = 4
 
 #: Edge of the blocks the class raster is polygonized in (bounds memory per task).
 VECTORIZE_BLOCK = 2048
@@ -108,16 +116,27 @@ class ModelPlugin(WorkerPlugin):
     """A Dask worker plugin that builds the model once per worker process.
 
     Only the model's configuration travels to the workers; the weights are built (or, for
-    network models, loaded) on each worker at registration, never shipped inside a task.
+    network models, loaded) on each worker at registration, never shipped inside a task. With
+    ``engine: openvino`` the worker loads the converted network from ``converted`` (a folder
+    the workers can read) and never imports torch.
     """
 
-    def __init__(self, config: ModelConfig, classes: tuple[ClassDef, ...]) -> None:
+    def __init__(
+        self, config: ModelConfig, classes: tuple[ClassDef, ...], converted: str | None = None
+    ) -> None:
         self.config = config
         self.classes = classes
-        self.model: SegmentationModel | None = None
+        self.converted = converted
+        self.model: SegmentationModel | OpenVINOModel | None = None
 
     def setup(self, worker: Any) -> None:
-        """Build the model in the worker process, with one torch thread; on a GPU if present."""
+        """Build the model in the worker process, with one thread; on a GPU if torch has one."""
+        if self.converted is not None:
+            from pipeline.models.engines import OpenVINOModel
+
+            precision = getattr(self.config, "precision", "f32")
+            self.model = OpenVINOModel(Path(self.converted), precision, threads=1)
+            return
         import torch
 
         from pipeline.models import build_model
@@ -168,12 +187,13 @@ def _blocks_task(
     group: tuple[Block, ...],
     halo: int,
     seams: bool = False,
+    batch_size: int | None = None,
 ) -> list[tuple[Block, np.ndarray, np.ndarray, np.ndarray | None]]:
     from pipeline.inference import process_tiles
 
     model = cast(ModelPlugin, get_worker().plugins[plugin]).model
     assert model is not None, "model plugin was not set up"
-    results = process_tiles(model, scene, before, grid, group, halo)
+    results = process_tiles(model, scene, before, grid, group, halo, batch_size)
     # A tile's classes over its whole window travel only when seams.tif needs them.
     return [(b, c, f, w if seams else None) for b, (c, f, w) in zip(group, results, strict=True)]
 
@@ -255,15 +275,32 @@ def _scene_info(scene: Scene | None) -> dict[str, Any] | None:
 
 
 def plan(
-    workflow: Workflow, catalog: Catalog, scene_id: str, before_id: str | None
-) -> tuple[SegmentationModel, Scene, Scene | None, Grid]:
+    workflow: Workflow,
+    catalog: Catalog,
+    scene_id: str,
+    before_id: str | None,
+    cache: Path | None = None,
+) -> tuple[ModelInfo, Scene, Scene | None, Grid]:
     """Check that the workflow's model fits the scenes and return what a run needs.
 
-    Everything a user can get wrong is found here, before any cluster starts.
+    Everything a user can get wrong is found here, before any cluster starts. A workflow with
+    ``engine: openvino`` gets its network converted into ``cache`` (once per model; in a child
+    process, so that this one never imports torch) and a :class:`NetworkInfo` in place of the
+    model.
     """
-    from pipeline.models import build_model
+    model: ModelInfo
+    config = workflow.model
+    if isinstance(config, TorchGeoModelConfig) and config.engine == "openvino":
+        from pipeline.models.engines import check_precision, openvino_version, prepare_openvino
 
-    model = build_model(workflow.model, workflow.classes)
+        openvino_version()
+        check_precision(config.precision)
+        folder, _ = prepare_openvino(config, workflow.classes, cache or default_cache())
+        model = NetworkInfo.load(folder)
+    else:
+        from pipeline.models import build_model
+
+        model = build_model(config, workflow.classes)
     if model.num_classes != len(workflow.classes):
         raise ModelError(
             f"workflow {workflow.name!r} lists {len(workflow.classes)} classes but model "
@@ -289,6 +326,21 @@ def plan(
     if isinstance(card, ModelCard):
         check_scene_against_card(card, scene, before, grid)
     return model, scene, before, grid
+
+
+def default_cache(out: str | Path = "outputs") -> Path:
+    """Where converted networks are kept: ``.cache`` in the output folder."""
+    return Path(out).expanduser() / ".cache"
+
+
+def converted_folder(workflow: Workflow, cache: Path) -> Path | None:
+    """The folder of the workflow's converted network (``engine: openvino``), else None."""
+    config = workflow.model
+    if isinstance(config, TorchGeoModelConfig) and config.engine == "openvino":
+        from pipeline.models.engines import export_key
+
+        return cache / "openvino" / export_key(config, workflow.classes)
+    return None
 
 
 def check_scene_against_card(
@@ -325,7 +377,9 @@ def run(
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
     t0 = time.perf_counter()
-    model, scene, before, grid = plan(workflow, catalog, scene_id, before_id)
+    cache_folder = default_cache(options.out)
+    model, scene, before, grid = plan(workflow, catalog, scene_id, before_id, cache_folder)
+    converted = converted_folder(workflow, cache_folder)
     tiles = blocks(grid, workflow.tile_size)
     times["plan_s"] = time.perf_counter() - t0
     folder = Path(options.out).expanduser() / workflow.name / scene.id
@@ -373,6 +427,7 @@ def run(
                     times,
                     cache,
                     seams_out,
+                    converted,
                 )
                 t0 = time.perf_counter()
                 classes_out.to_cog(staging.path("classes.tif"), "NEAREST")
@@ -619,6 +674,7 @@ def _classify(
     times: dict[str, float],
     cache: BlockCache,
     seams_out: BlockRaster | None = None,
+    converted: Path | None = None,
 ) -> np.ndarray:
     """Classify every block on Dask, writing each result as it arrives; return class counts.
 
@@ -648,12 +704,17 @@ def _classify(
     times["resumed_blocks"] = len(tiles) - len(todo)
     t0 = time.perf_counter()
     name = plugin_name(workflow)
-    client.register_plugin(ModelPlugin(workflow.model, workflow.classes), name=name)
+    plugin = ModelPlugin(workflow.model, workflow.classes, str(converted) if converted else None)
+    client.register_plugin(plugin, name=name)
     times["model_setup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    from pipeline.inference import batches
+    from pipeline.inference import runs
 
-    groups = batches(todo, getattr(workflow.model, "batch_size", 1))
+    batch_size = getattr(workflow.model, "batch_size", 1)
+    n_workers = len(client.scheduler_info().get("workers", {}))
+    # Enough tasks to keep every worker busy to the end, each a run of neighbouring blocks.
+    per_task = max(batch_size, min(TILES_PER_TASK, len(todo) // (4 * max(n_workers, 1))))
+    groups = runs(todo, per_task)
     futures = [
         client.submit(
             _blocks_task,
@@ -664,6 +725,7 @@ def _classify(
             group,
             workflow.halo,
             seams is not None,
+            batch_size,
             key=f"geoseg-blocks-{name}-{scene.id}-{group[0].key}-n{len(group)}"
             f"-h{workflow.halo}-{uuid.uuid4().hex[:6]}",
             pure=False,

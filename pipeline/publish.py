@@ -191,6 +191,8 @@ class BlockRaster:
             BLOCKSIZE=512,
             OVERVIEW_RESAMPLING=overview_resampling,
             BIGTIFF="IF_SAFER",
+            # The tiles are done when the COGs are copied: compress on every core.
+            NUM_THREADS="ALL_CPUS",
         )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,37 @@ def _open(path: str, scene_id: str) -> rasterio.io.DatasetReader:
         return rasterio.open(path)
     except RasterioIOError as exc:
         raise SceneError(f"scene {scene_id!r}: cannot open {path}: {exc}") from None
+
+
+#: Files each thread keeps open for :func:`read_window`, most recently used last.
+_OPEN_FILES = 8
+_held = threading.local()
+
+
+def _open_held(path: str, scene_id: str) -> rasterio.io.DatasetReader:
+    """``path`` opened for reading, kept open between calls of one thread.
+
+    GDAL's block cache belongs to an open dataset: closing the file after every tile threw
+    away the decompressed blocks the next tile shares with it (an 832² tile touches nine
+    512² blocks of a tiled file). A file rewritten since it was opened is opened afresh.
+    """
+    try:
+        stat = os.stat(path)
+        key = (path, stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        key = (path, -1, -1)
+    held: dict[tuple[str, int, int], rasterio.io.DatasetReader] = _held.__dict__.setdefault(
+        "files", {}
+    )
+    src = held.pop(key, None)
+    if src is None:
+        for old in [k for k in held if k[0] == path]:
+            held.pop(old).close()
+        src = _open(path, scene_id)
+        while len(held) >= _OPEN_FILES:
+            held.pop(next(iter(held))).close()
+    held[key] = src
+    return src
 
 
 def _band_info(scene: Scene, band: BandSource) -> _BandInfo:
@@ -195,31 +227,41 @@ def read_window(
 
     grid_crs = CRS.from_wkt(grid.crs_wkt)
     for path, members in by_path.items():
-        with _open(path, scene.id) as src:
-            indexes = [b.index for _, b in members]
-            _check_file(src, scene, path, grid_crs, indexes)
-            st = src.transform
-            # Index of the source pixel containing each target pixel centre.
-            cols = np.floor((xs - st.c) / st.a + 1e-9).astype(np.int64)
-            rows = np.floor((ys - st.f) / st.e + 1e-9).astype(np.int64)
-            col_ok = (cols >= 0) & (cols < src.width)
-            row_ok = (rows >= 0) & (rows < src.height)
-            if not col_ok.any() or not row_ok.any():
-                valid[:] = False
-                continue
-            sc0, sc1 = int(cols[col_ok].min()), int(cols[col_ok].max()) + 1
-            sr0, sr1 = int(rows[row_ok].min()), int(rows[row_ok].max()) + 1
-            block = src.read(indexes, window=Window(sc0, sr0, sc1 - sc0, sr1 - sr0))
-            ci = np.clip(cols - sc0, 0, sc1 - sc0 - 1)
-            ri = np.clip(rows - sr0, 0, sr1 - sr0 - 1)
-            inside = row_ok[:, None] & col_ok[None, :]
-            valid &= inside
-            for k, (i, b) in enumerate(members):
-                values, ok = _reflectance(block[k][np.ix_(ri, ci)], scene, src, b.index)
-                valid &= ok
-                data[i] = values
-    data[:, ~valid] = 0.0
+        src = _open_held(path, scene.id)
+        indexes = [b.index for _, b in members]
+        _check_file(src, scene, path, grid_crs, indexes)
+        st = src.transform
+        # Index of the source pixel containing each target pixel centre.
+        cols = np.floor((xs - st.c) / st.a + 1e-9).astype(np.int64)
+        rows = np.floor((ys - st.f) / st.e + 1e-9).astype(np.int64)
+        col_ok = (cols >= 0) & (cols < src.width)
+        row_ok = (rows >= 0) & (rows < src.height)
+        if not col_ok.any() or not row_ok.any():
+            valid[:] = False
+            continue
+        sc0, sc1 = int(cols[col_ok].min()), int(cols[col_ok].max()) + 1
+        sr0, sr1 = int(rows[row_ok].min()), int(rows[row_ok].max()) + 1
+        block = src.read(indexes, window=Window(sc0, sr0, sc1 - sc0, sr1 - sr0))
+        ci = np.clip(cols - sc0, 0, sc1 - sc0 - 1)
+        ri = np.clip(rows - sr0, 0, sr1 - sr0 - 1)
+        inside = row_ok[:, None] & col_ok[None, :]
+        valid &= inside
+        # On the file's own grid the lookup is the identity: a view, not a gather (which
+        # took 16 ms of a 60 ms 832² six-band read).
+        same = block.shape[1:] == (h, w) and _is_range(ri) and _is_range(ci)
+        for k, (i, b) in enumerate(members):
+            source = block[k] if same else block[k][np.ix_(ri, ci)]
+            values, ok = _reflectance(source, scene, src, b.index)
+            valid &= ok
+            data[i] = values
+    if not valid.all():
+        data[:, ~valid] = 0.0
     return data, valid
+
+
+def _is_range(index: np.ndarray) -> bool:
+    """Whether ``index`` is 0, 1, 2, … (a lookup that changes nothing)."""
+    return bool(index.size == 0 or (index[0] == 0 and (np.diff(index) == 1).all()))
 
 
 def raster_grid(path: str) -> Grid:
@@ -375,7 +417,8 @@ def read_overview(
                 values, ok = _reflectance(block[k], scene, src, b.index)
                 valid[or0:or1, oc0:oc1] &= ok
                 data[i, or0:or1, oc0:oc1] = values
-    data[:, ~valid] = 0.0
+    if not valid.all():
+        data[:, ~valid] = 0.0
     return data, valid
 
 

@@ -85,11 +85,23 @@ class TorchGeoModelConfig(_Strict):
     normalization: NormalizationConfig | None = None
     gsd_m: float | None = Field(default=None, gt=0, description="Expected pixel size, m.")
     batch_size: int = Field(default=1, ge=1, le=256, description="Tiles per forward pass.")
+    engine: Literal["torch", "openvino"] = Field(
+        default="torch",
+        description="What runs the forward pass: torch, or OpenVINO on the CPU (the network "
+        "converted once and cached; workers then load no torch).",
+    )
+    precision: Literal["f32", "bf16"] = Field(
+        default="f32",
+        description="Arithmetic of the forward pass; bf16 needs engine openvino and a CPU with "
+        "bfloat16 instructions (about 2x faster, classes differ on a few pixels in 10 000).",
+    )
 
     @model_validator(mode="after")
     def _source(self) -> TorchGeoModelConfig:
         if self.checkpoint and self.weights:
             raise ValueError("give `checkpoint` or `weights`, not both")
+        if self.precision == "bf16" and self.engine != "openvino":
+            raise ValueError("`precision: bf16` needs `engine: openvino`")
         return self
 
 

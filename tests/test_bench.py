@@ -9,6 +9,7 @@ import pytest
 import rasterio
 
 from pipeline.bench import bench_grid, write_class_raster
+from pipeline.bench.common import peak_rss_mb
 from pipeline.cli import main
 
 
@@ -40,3 +41,21 @@ def test_bench_reports_both_ways(capsys):
     # Both sides sieve 16-pixel specks away; their polygon counts are of the same order.
     ratio = result["vectorize_polygons"] / result["vectorize_baseline_polygons"]
     assert 0.5 < ratio < 2
+
+
+def test_peak_memory_is_the_process_own_not_its_parents() -> None:
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    held = np.ones(600 * 2**20 // 8)  # 600 MB resident in this process
+    code = "from pipeline.bench.common import peak_rss_mb; print(peak_rss_mb())"
+    child = float(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    # getrusage's ru_maxrss would carry this process's peak into the child.
+    assert peak_rss_mb() > 600 and child < 300, (peak_rss_mb(), child)
+    del held

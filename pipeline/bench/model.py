@@ -84,7 +84,14 @@ def write_random_unet(path: Path, bands: tuple[str, ...] = SCENE_BANDS, seed: in
     return path
 
 
-def bench_workflow(checkpoint: str, tile: int = TILE, halo: int = HALO, batch: int = 1) -> Workflow:
+def bench_workflow(
+    checkpoint: str,
+    tile: int = TILE,
+    halo: int = HALO,
+    batch: int = 1,
+    engine: str = "torch",
+    precision: str = "f32",
+) -> Workflow:
     """The workflow the benchmark runs: the checkpoint's network and classes, an 8 px sieve.
 
     Every class but the first (the background) becomes polygons; a one-class model's class does.
@@ -115,6 +122,8 @@ def bench_workflow(checkpoint: str, tile: int = TILE, halo: int = HALO, batch: i
             backbone=card.backbone,
             checkpoint=checkpoint,
             batch_size=batch,
+            engine=engine,  # type: ignore[arg-type]
+            precision=precision,  # type: ignore[arg-type]
         ),
         classes=classes,
         tile_size=tile,
@@ -138,12 +147,15 @@ def _load(workflow_json: str) -> Workflow:
 def _model_only_worker(
     workflow_json: str, shapes: list[tuple[int, int, int, int]], start: Any, out: Any
 ) -> None:
+    workflow = _load(workflow_json)
+    if workflow.model.engine == "openvino":  # type: ignore[union-attr]
+        _model_only_openvino(workflow_json, shapes, start, out)
+        return
     import torch
 
     from pipeline.models import build_model
 
     torch.set_num_threads(1)
-    workflow = _load(workflow_json)
     model = build_model(workflow.model, workflow.classes)
     gen = torch.Generator().manual_seed(0)
     inputs = {
@@ -151,12 +163,51 @@ def _model_only_worker(
         for s in set(shapes)
     }
     with torch.inference_mode():
-        model(inputs[shapes[0]][:1, :, :64, :64])  # first-call set-up off the clock
-        start.wait()
-        t0 = time.perf_counter()
-        for s in shapes:
-            model(inputs[s])
-        out.put((time.perf_counter() - t0, peak_rss_mb()))
+        _timed_passes(model, inputs, shapes, start, out)
+
+
+def _timed_passes(
+    model: Any, inputs: dict[Any, Any], shapes: list[Any], start: Any, out: Any
+) -> None:
+    """Run every pass once the other processes are ready; report the time and peak memory."""
+    model(inputs[shapes[0]][:1, :, :64, :64])  # first-call set-up off the clock
+    start.wait()
+    t0 = time.perf_counter()
+    for s in shapes:
+        model(inputs[s])
+    out.put((time.perf_counter() - t0, peak_rss_mb()))
+
+
+def _model_only_openvino(
+    workflow_json: str, shapes: list[tuple[int, int, int, int]], start: Any, out: Any
+) -> None:
+    from pipeline.models.engines import OpenVINOModel
+    from pipeline.orchestrate import converted_folder
+
+    workflow = _load(workflow_json)
+    folder = converted_folder(workflow, _cache_of(workflow_json))
+    assert folder is not None
+    model = OpenVINOModel(folder, workflow.model.precision, threads=1)  # type: ignore[union-attr]
+    gen = np.random.default_rng(0)
+    inputs = {s: gen.random(s, dtype=np.float32) * 0.3 for s in set(shapes)}
+    _timed_passes(model, inputs, shapes, start, out)
+
+
+def _cache_of(workflow_json: str) -> Path:
+    """The pipeline run's cache of converted networks: in its output folder, beside the workflow."""
+    from pipeline.orchestrate import default_cache
+
+    return default_cache(Path(workflow_json).parent / "out")
+
+
+def run_convert(workflow_json: str) -> dict[str, Any]:
+    """Convert the network for OpenVINO into the run's cache (a batch job does it once)."""
+    from pipeline.models.engines import prepare_openvino
+
+    workflow = _load(workflow_json)
+    t0 = time.perf_counter()
+    prepare_openvino(workflow.model, workflow.classes, _cache_of(workflow_json))  # type: ignore[arg-type]
+    return {"convert_s": time.perf_counter() - t0}
 
 
 def run_model_only(workflow_json: str, size: str, workers: str) -> dict[str, Any]:
@@ -205,7 +256,11 @@ def run_pipeline(catalog: str, workflow_json: str, out: str, workers: str) -> di
     workflow = _load(workflow_json)
     t0 = time.perf_counter()
     # Library imports are start-up, as torch's own import is: a batch job pays them once.
-    import segmentation_models_pytorch  # noqa: F401
+    # With OpenVINO the client never needs torch, and importing it would only add its memory.
+    if workflow.model.engine == "openvino":  # type: ignore[union-attr]
+        import openvino  # noqa: F401
+    else:
+        import segmentation_models_pytorch  # noqa: F401
 
     with dask_client(int(workers), None) as client:
         startup = time.perf_counter() - t0
@@ -295,7 +350,14 @@ def run_parity(catalog: str, workflow_json: str) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     workflow = _load(workflow_json)
-    model = build_model(workflow.model, workflow.classes)
+    model: Any = build_model(workflow.model, workflow.classes)
+    if workflow.model.engine == "openvino":  # type: ignore[union-attr]
+        from pipeline.models.engines import OpenVINOModel
+        from pipeline.orchestrate import converted_folder
+
+        folder = converted_folder(workflow, _cache_of(workflow_json))
+        assert folder is not None
+        model = OpenVINOModel(folder, workflow.model.precision, threads=1)  # type: ignore[union-attr]
     scene = load_catalog(catalog).scene("bench")
     grid = scene_grid(scene, model.bands)
     edge = min(PARITY_WINDOW, grid.height, grid.width) // 256 * 256
@@ -321,6 +383,8 @@ def bench_model(
     halo: int = HALO,
     batch: int = 1,
     peer: bool = True,
+    engine: str = "torch",
+    precision: str = "f32",
 ) -> dict[str, Any]:
     """Generate a ``size``² scene and measure model only, pipeline, peer and tile parity on it."""
     with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as tmp:
@@ -328,7 +392,7 @@ def bench_model(
         checkpoint = Path(model).resolve() if model else write_random_unet(folder / "unet.ckpt")
         if not checkpoint.is_file():
             raise ConfigError(f"{checkpoint}: checkpoint not found")
-        workflow = bench_workflow(str(checkpoint), tile, halo, batch)
+        workflow = bench_workflow(str(checkpoint), tile, halo, batch, engine, precision)
         from pipeline.models import build_model
 
         bands = build_model(workflow.model, workflow.classes).bands
@@ -340,6 +404,9 @@ def bench_model(
         catalog = _write_catalog(folder, scene, bands)
         wf, n = str(workflow_json), str(workers)
         step = "pipeline.bench.model:"
+        convert_s = None
+        if engine == "openvino":
+            convert_s = in_subprocess(step + "run_convert", wf)["convert_s"]
         alone = in_subprocess(step + "run_model_only", wf, str(size), n)
         pipe = in_subprocess(step + "run_pipeline", str(catalog), wf, str(folder / "out"), n)
         result: dict[str, Any] = {
@@ -350,6 +417,9 @@ def bench_model(
             "tile_size": tile,
             "halo": halo,
             "batch_size": batch,
+            "engine": engine,
+            "precision": precision,
+            "convert_s": convert_s,
             "scene_generate_s": generate_s,
             "model_only_s": alone["model_only_s"],
             "model_only_tiles": alone["tiles"],

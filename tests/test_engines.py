@@ -1,0 +1,176 @@
+"""The OpenVINO engine: conversion, cache, scores as torch's, workers that load no torch."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from pipeline.bench.model import _write_catalog, bench_workflow, write_random_unet
+from pipeline.bench.scenes import write_scene
+from pipeline.catalog import load_catalog
+from pipeline.cli import main
+from pipeline.errors import ConfigError, ModelError
+from pipeline.inference import predict_batch
+from pipeline.models import build_model
+from pipeline.models.engines import (
+    NetworkInfo,
+    OpenVINOModel,
+    export_key,
+    export_openvino,
+    openvino_version,
+    prepare_openvino,
+)
+from pipeline.orchestrate import RunOptions, dask_client, plan, run
+from pipeline.workflow import Workflow, load_workflow
+
+BANDS = ("red", "nir", "swir16")
+
+
+def _has_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@pytest.fixture(scope="module")
+def unet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workflow, Path]:
+    """A seeded random U-Net's workflow (tile 256, halo 32) and its conversion's folder."""
+    folder = tmp_path_factory.mktemp("engine")
+    ckpt = write_random_unet(folder / "u.ckpt", BANDS, seed=4)
+    workflow = bench_workflow(str(ckpt), tile=256, halo=32, engine="openvino")
+    model = build_model(workflow.model, workflow.classes)
+    converted = export_openvino(model, folder / "converted")  # type: ignore[arg-type]
+    return workflow, converted
+
+
+def test_converted_network_scores_tiles_as_torch_does(unet):
+    workflow, converted = unet
+    torch.set_num_threads(1)
+    model = build_model(workflow.model, workflow.classes)
+    ov_model = OpenVINOModel(converted, "f32")
+    assert ov_model.bands == BANDS and ov_model.num_classes == 2
+    assert ov_model.model_id == model.model_id and ov_model.card == model.card
+    gen = np.random.default_rng(1)
+    # Padded by reflection (200×150), a multiple of 32 in a batch, and tiny (edge repeated).
+    for shape in [(1, 3, 200, 150), (2, 3, 64, 96), (1, 3, 20, 30)]:
+        x = gen.random(shape, dtype=np.float32) * 0.4
+        with torch.inference_mode():
+            want = model(torch.from_numpy(x)).numpy()
+        got = ov_model(x)
+        assert got.shape == want.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=1e-3, rtol=0)
+        valid = np.ones((shape[0], *shape[2:]), dtype=bool)
+        valid[0, :3] = False
+        classes_t, conf_t = predict_batch(model, x, valid)
+        classes_o, conf_o = predict_batch(ov_model, x, valid)
+        assert (classes_o[valid] != 255).all() and (classes_o[~valid] == 255).all()
+        assert (classes_t == classes_o).mean() > 0.999
+        assert np.abs(conf_t.astype(int) - conf_o.astype(int)).max() <= 1
+    with pytest.raises(ValueError, match=r"expects \[N, 3, H, W\]"):
+        ov_model(np.zeros((1, 4, 32, 32), dtype=np.float32))
+
+
+@pytest.mark.skipif(not _has_bf16(), reason="this CPU has no bfloat16 instructions")
+def test_bf16_is_close_to_f32(unet):
+    _, converted = unet
+    x = np.random.default_rng(2).random((1, 3, 256, 256), dtype=np.float32) * 0.4
+    f32 = OpenVINOModel(converted, "f32")(x)
+    bf16 = OpenVINOModel(converted, "bf16")(x)
+    assert not np.array_equal(f32, bf16)  # it does compute in another arithmetic
+    # Random weights leave small margins between the classes; a trained network's are larger
+    # (tests/test_parity.py holds bf16 to the trained parity bound).
+    assert (f32.argmax(1) == bf16.argmax(1)).mean() > 0.99
+
+
+def test_conversion_is_cached_by_content(unet, tmp_path):
+    workflow, _ = unet
+    config = workflow.model
+    cache = tmp_path / "cache"
+    folder, fresh = prepare_openvino(config, workflow.classes, cache)  # type: ignore[arg-type]
+    assert fresh and (folder / "model.xml").is_file() and (folder / "model.bin").is_file()
+    assert NetworkInfo.load(folder).bands == BANDS
+    assert prepare_openvino(config, workflow.classes, cache) == (folder, False)
+    assert [p.name for p in (cache / "openvino").iterdir()] == [folder.name]  # no leftovers
+    # Precision and batch size are load-time choices: the same conversion serves them.
+    same = config.model_copy(update={"precision": "bf16", "batch_size": 4})
+    assert export_key(same, workflow.classes) == folder.name  # type: ignore[arg-type]
+    # New weights in the same file are a new network.
+    write_random_unet(Path(config.checkpoint), BANDS, seed=5)  # type: ignore[union-attr]
+    try:
+        assert export_key(config, workflow.classes) != folder.name  # type: ignore[arg-type]
+    finally:
+        write_random_unet(Path(config.checkpoint), BANDS, seed=4)  # type: ignore[union-attr]
+    renamed = tuple(c.model_copy(update={"name": c.name + "x"}) for c in workflow.classes)
+    assert export_key(config, renamed) != folder.name  # type: ignore[arg-type]
+
+
+def test_conversion_errors_reach_the_caller_as_model_errors(unet, tmp_path):
+    workflow, _ = unet
+    bad = workflow.model.model_copy(update={"checkpoint": str(tmp_path / "none.ckpt")})
+    (tmp_path / "none.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="none.ckpt"):
+        prepare_openvino(bad, workflow.classes, tmp_path / "cache")  # type: ignore[arg-type]
+    assert not list((tmp_path / "cache" / "openvino").glob("*"))
+
+
+def test_missing_openvino_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(ModelError, match="pip install openvino"):
+        openvino_version()
+
+
+def test_bf16_needs_the_openvino_engine(tmp_path):
+    flow = tmp_path / "w.yaml"
+    flow.write_text(
+        json.dumps(
+            {
+                "name": "w",
+                "model": {"kind": "torchgeo", "checkpoint": "u.ckpt", "precision": "bf16"},
+                "classes": [{"value": 0, "name": "a", "colour": "#000000"}],
+            }
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match="bf16.*engine: openvino"):
+        load_workflow(str(flow))
+
+
+@pytest.mark.slow
+def test_run_with_openvino_matches_torch_and_workers_load_no_torch(unet, tmp_path):
+    workflow, _ = unet
+    scene = write_scene(tmp_path / "scene.tif", 600, BANDS, seed=1)
+    catalog = load_catalog(_write_catalog(tmp_path, scene, BANDS))
+    torch_flow = workflow.model_copy(
+        update={"model": workflow.model.model_copy(update={"engine": "torch"})}
+    )
+    with dask_client(2, None) as client:
+        opts = RunOptions(out=tmp_path / "ov", scheduler=client.scheduler.address, progress=False)
+        ov_run = run(workflow, catalog, "bench", options=opts)
+        holds_torch = client.run(lambda: "torch" in sys.modules)
+        opts = RunOptions(out=tmp_path / "pt", scheduler=client.scheduler.address, progress=False)
+        pt_run = run(torch_flow, catalog, "bench", options=opts)
+    assert holds_torch and not any(holds_torch.values())
+    assert (tmp_path / "ov" / ".cache" / "openvino").is_dir()
+    with (
+        rasterio.open(ov_run.folder / "classes.tif") as a,
+        rasterio.open(pt_run.folder / "classes.tif") as b,
+    ):
+        ours, theirs = a.read(1), b.read(1)
+    assert (ours != 255).all()
+    assert (ours == theirs).mean() > 0.999
+    assert ov_run.summary["model"] == pt_run.summary["model"]
+    # The second run converts nothing: the cached network is found by content.
+    model, _, _, _ = plan(workflow, catalog, "bench", None, tmp_path / "ov" / ".cache")
+    assert isinstance(model, NetworkInfo)
+
+
+def test_cli_bench_rejects_bf16_with_torch(capsys):
+    code = main(["bench", "--part", "model", "--precision", "bf16"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "--engine openvino" in err

@@ -84,3 +84,24 @@ def test_tile_sizes_agree_with_each_other_and_with_one_pass(virginia_unet):
     inner[HALO:-HALO, HALO:-HALO] = True
     for tiled in (small, large):
         assert (tiled == one_pass)[valid & inner].mean() >= 0.999
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["f32", "bf16"])
+def test_openvino_engine_keeps_parity_and_agrees_with_torch(virginia_unet, tmp_path, precision):
+    import openvino as ov
+
+    from pipeline.models.engines import OpenVINOModel, export_openvino
+
+    if precision == "bf16" and "BF16" not in ov.Core().get_property(
+        "CPU", "OPTIMIZATION_CAPABILITIES"
+    ):
+        pytest.skip("this CPU has no bfloat16 instructions")
+    model, scene, grid, labels = virginia_unet
+    engine = OpenVINOModel(export_openvino(model, tmp_path / "converted"), precision)
+    small, large = _predict(engine, scene, grid, 256), _predict(engine, scene, grid, 1024)
+    valid = labels != 255
+    assert (small == large)[valid].mean() >= 0.999
+    reference = _predict(model, scene, grid, 256)  # torch, float32
+    agree = (small == reference)[valid].mean()
+    assert agree >= (0.99999 if precision == "f32" else 0.999), agree

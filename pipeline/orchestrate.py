@@ -291,10 +291,8 @@ def plan(
     model: ModelInfo
     config = workflow.model
     if isinstance(config, TorchGeoModelConfig) and config.engine == "openvino":
-        from pipeline.models.engines import check_precision, openvino_version, prepare_openvino
+        from pipeline.models.engines import prepare_openvino
 
-        openvino_version()
-        check_precision(config.precision)
         folder, _ = prepare_openvino(config, workflow.classes, cache or default_cache())
         model = NetworkInfo.load(folder)
     else:
@@ -333,16 +331,6 @@ def default_cache(out: str | Path = "outputs") -> Path:
     return Path(out).expanduser() / ".cache"
 
 
-def converted_folder(workflow: Workflow, cache: Path) -> Path | None:
-    """The folder of the workflow's converted network (``engine: openvino``), else None."""
-    config = workflow.model
-    if isinstance(config, TorchGeoModelConfig) and config.engine == "openvino":
-        from pipeline.models.engines import export_key
-
-        return cache / "openvino" / export_key(config, workflow.classes)
-    return None
-
-
 def check_scene_against_card(
     card: ModelCard, scene: Scene, before: Scene | None, grid: Grid
 ) -> None:
@@ -377,9 +365,10 @@ def run(
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
     t0 = time.perf_counter()
-    cache_folder = default_cache(options.out)
-    model, scene, before, grid = plan(workflow, catalog, scene_id, before_id, cache_folder)
-    converted = converted_folder(workflow, cache_folder)
+    model, scene, before, grid = plan(
+        workflow, catalog, scene_id, before_id, default_cache(options.out)
+    )
+    converted = model.folder if isinstance(model, NetworkInfo) else None
     tiles = blocks(grid, workflow.tile_size)
     times["plan_s"] = time.perf_counter() - t0
     folder = Path(options.out).expanduser() / workflow.name / scene.id

@@ -178,16 +178,20 @@ def _timed_passes(
     out.put((time.perf_counter() - t0, peak_rss_mb()))
 
 
+def _openvino_model(workflow_json: str) -> Any:
+    """The benchmark's network as the pipeline's workers load it (converted by run_convert)."""
+    from pipeline.models.engines import OpenVINOModel, converted_folder
+
+    workflow = _load(workflow_json)
+    config = workflow.model
+    folder = converted_folder(config, workflow.classes, _cache_of(workflow_json))  # type: ignore[arg-type]
+    return OpenVINOModel(folder, config.precision, threads=1)  # type: ignore[union-attr]
+
+
 def _model_only_openvino(
     workflow_json: str, shapes: list[tuple[int, int, int, int]], start: Any, out: Any
 ) -> None:
-    from pipeline.models.engines import OpenVINOModel
-    from pipeline.orchestrate import converted_folder
-
-    workflow = _load(workflow_json)
-    folder = converted_folder(workflow, _cache_of(workflow_json))
-    assert folder is not None
-    model = OpenVINOModel(folder, workflow.model.precision, threads=1)  # type: ignore[union-attr]
+    model = _openvino_model(workflow_json)
     gen = np.random.default_rng(0)
     inputs = {s: gen.random(s, dtype=np.float32) * 0.3 for s in set(shapes)}
     _timed_passes(model, inputs, shapes, start, out)
@@ -350,14 +354,11 @@ def run_parity(catalog: str, workflow_json: str) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     workflow = _load(workflow_json)
-    model: Any = build_model(workflow.model, workflow.classes)
+    model: Any
     if workflow.model.engine == "openvino":  # type: ignore[union-attr]
-        from pipeline.models.engines import OpenVINOModel
-        from pipeline.orchestrate import converted_folder
-
-        folder = converted_folder(workflow, _cache_of(workflow_json))
-        assert folder is not None
-        model = OpenVINOModel(folder, workflow.model.precision, threads=1)  # type: ignore[union-attr]
+        model = _openvino_model(workflow_json)
+    else:
+        model = build_model(workflow.model, workflow.classes)
     scene = load_catalog(catalog).scene("bench")
     grid = scene_grid(scene, model.bands)
     edge = min(PARITY_WINDOW, grid.height, grid.width) // 256 * 256

@@ -37,6 +37,17 @@ if TYPE_CHECKING:
 
 #: Encoders halve the resolution five times: inputs are padded to multiples of this.
 STRIDE = 32
+
+
+def stride_padding(h: int, w: int) -> tuple[int, int, bool]:
+    """Rows and columns to add below and right of an ``h``×``w`` tile, and whether by reflection.
+
+    Reflection needs more pixels than it adds; smaller tiles repeat their edge instead.
+    """
+    ph, pw = (-h) % STRIDE, (-w) % STRIDE
+    return ph, pw, h > ph and w > pw
+
+
 #: Side of the tile (not a multiple of 32, not square) the conversion is checked on.
 _CHECK_SHAPE = (75, 109)
 #: Largest difference of scores allowed between torch and the f32 conversion.
@@ -52,6 +63,8 @@ class NetworkInfo:
     num_classes: int
     model_id: str
     card: ModelCard | None
+    #: Where the converted files lie.
+    folder: Path
 
     @property
     def in_channels(self) -> int:
@@ -69,6 +82,7 @@ class NetworkInfo:
             num_classes=int(meta["num_classes"]),
             model_id=str(meta["model_id"]),
             card=ModelCard.model_validate(card) if card else None,
+            folder=folder,
         )
 
 
@@ -112,15 +126,25 @@ def export_key(config: TorchGeoModelConfig, classes: tuple[ClassDef, ...]) -> st
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def converted_folder(
+    config: TorchGeoModelConfig, classes: tuple[ClassDef, ...], cache: Path
+) -> Path:
+    """Where the network's conversion lies (or will) under ``cache``."""
+    return cache / "openvino" / export_key(config, classes)
+
+
 def prepare_openvino(
     config: TorchGeoModelConfig, classes: tuple[ClassDef, ...], cache: Path
 ) -> tuple[Path, bool]:
     """The folder of the converted network under ``cache``, converting it if it is not there.
 
+    First checks that OpenVINO is installed and that the CPU runs the configured precision.
     The conversion needs torch: it runs in a child process, so that the calling process (the
     run's client) never holds torch. Returns the folder and whether it was converted now.
     """
-    folder = cache / "openvino" / export_key(config, classes)
+    openvino_version()
+    check_precision(config.precision)
+    folder = converted_folder(config, classes, cache)
     if (folder / "network.json").is_file():
         return folder, False
     import multiprocessing as mp
@@ -234,7 +258,6 @@ class OpenVINOModel:
         self.num_classes = info.num_classes
         self.model_id = info.model_id
         self.card = info.card
-        self.precision = precision
         core = ov.Core()
         settings: dict[str, Any] = {
             "INFERENCE_NUM_THREADS": threads,
@@ -263,11 +286,10 @@ class OpenVINOModel:
                 f"got {list(x.shape)}"
             )
         h, w = x.shape[-2:]
-        ph, pw = (-h) % STRIDE, (-w) % STRIDE
+        ph, pw, reflect = stride_padding(h, w)
         if ph or pw:
-            # As the torch model pads: by reflection, or repeating the edge on tiny tiles.
-            widths = ((0, 0), (0, 0), (0, int(ph)), (0, int(pw)))
-            x = np.pad(x, widths, mode="reflect" if h > ph and w > pw else "edge")
+            widths = ((0, 0), (0, 0), (0, ph), (0, pw))
+            x = np.pad(x, widths, mode="reflect" if reflect else "edge")
         x = np.ascontiguousarray(x, dtype=np.float32)
         scores = self._request.infer({0: x}, share_inputs=True)[0]
         return np.asarray(scores[..., :h, :w])

@@ -23,11 +23,8 @@ from pipeline.models.checkpoints import (
     load_pretrained,
     pretrained_weights,
 )
+from pipeline.models.engines import stride_padding
 from pipeline.workflow import ClassDef, TorchGeoModelConfig
-
-#: Encoders halve the resolution five times: inputs must be multiples of this.
-_STRIDE = 32
-
 
 #: The segmentation_models_pytorch class TorchGeo's ``SemanticSegmentationTask`` builds per
 #: ``model`` (torchgeo 0.8 ``configure_models``); ``fcn`` is TorchGeo's own network.
@@ -105,10 +102,9 @@ class TorchGeoSegmentation(SegmentationModel):
         self.check_input(x)
         h, w = x.shape[-2:]
         x = (x - self.mean_) / self.std_
-        ph, pw = (-h) % _STRIDE, (-w) % _STRIDE
+        ph, pw, reflect = stride_padding(h, w)
         if ph or pw:
-            mode = "reflect" if h > ph and w > pw else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if reflect else "replicate")
         scores: torch.Tensor = self.net(x)
         return scores[..., :h, :w]
 

@@ -201,6 +201,40 @@ def runs(tiles: list[Block], size: int) -> list[tuple[Block, ...]]:
     return out
 
 
+#: Most neighbouring blocks one classification task reads and classifies in turn.
+RUN_LENGTH = 4
+
+
+def schedule(
+    tiles: list[Block], workers: int, halo: int, batch_size: int = 1, run_length: int = RUN_LENGTH
+) -> list[tuple[Block, ...]]:
+    """Classification tasks for ``tiles``, in the order to hand them out: costliest first.
+
+    Workers take the next task whenever they finish one, so the stage ends no later than the
+    average load plus the last task a worker took. Runs of neighbouring blocks (see
+    :func:`runs`) therefore go first, largest first, and the smallest runs, worth one largest
+    run per worker, are split into single batches of ``batch_size`` tiles that even out the
+    end. A task's cost is the pixels of its tiles (halos included). Measured at 4096² with 768
+    blocks on two workers, runs handed out in grid order left one worker idle for the last
+    4.3 s of a 25.8 s stage (torch) and 1.5 s of 10.4 s (OpenVINO bf16).
+    """
+    n = max(workers, 1)
+    size = max(batch_size, min(run_length, len(tiles) // (4 * n)))
+
+    def cost(group: tuple[Block, ...]) -> int:
+        return sum((b.height + 2 * halo) * (b.width + 2 * halo) for b in group)
+
+    head = sorted(runs(tiles, size), key=cost, reverse=True)
+    budget = n * cost(head[0]) if head else 0
+    spent = 0
+    tail: list[tuple[Block, ...]] = []
+    while head and spent + cost(head[-1]) <= budget:
+        group = head.pop()
+        spent += cost(group)
+        tail.extend(batches(list(group), batch_size))
+    return head + sorted(tail, key=cost, reverse=True)
+
+
 def batches(tiles: list[Block], size: int) -> list[tuple[Block, ...]]:
     """Group blocks of equal shape into batches of at most ``size`` (one forward pass each)."""
     by_shape: dict[tuple[int, int], list[Block]] = {}

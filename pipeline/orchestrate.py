@@ -1,11 +1,13 @@
 """Running a workflow on a scene with Dask distributed: the only module that knows Dask.
 
-The client plans the run (grid, blocks), then submits one task per block. A task carries small
-frozen value objects only (the scene references, the grid, the block); it reads its tile,
-classifies it with the model its worker built once (:class:`ModelPlugin`), and returns the
-block's class and confidence arrays. The client writes each block into the output rasters as it
-arrives, so neither workers nor client hold a whole scene. Polygons and provenance follow, and
-every output is renamed into place only when all of them are complete.
+The client plans the run (grid, blocks), then submits the blocks as tasks, each a run of
+neighbouring blocks, costliest first (:func:`~pipeline.inference.schedule`). A task carries
+small frozen value objects only (the scene references, the grid, the blocks); it reads its
+tiles, classifies them with the model its worker built once (:class:`ModelPlugin`), and returns
+each block's class and confidence arrays. The client writes each block into the output rasters
+as it arrives, so neither workers nor client hold a whole scene. The workers then polygonize
+while the client copies the rasters to COGs; provenance and the preview follow, and every
+output is renamed into place only when all of them are complete.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -72,6 +75,7 @@ from pipeline.vectorize import (
     merge_blocks,
     polygonize_block,
     sieve_halo,
+    warm_up,
 )
 from pipeline.workflow import ClassDef, ModelConfig, TorchGeoModelConfig, Workflow
 
@@ -84,8 +88,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Most neighbouring blocks one classification task reads and classifies in turn.
-TILES_PER_TASK = 4
+#: Dask settings of the local cluster's processes: its monitors sample less often. A worker
+#: has one core; by default its statistical profiler wakes every 10 ms, the event-loop check
+#: every 20 ms, the memory monitor every 100 ms and the system monitor every 500 ms, and
+#: together they slowed a one-thread forward pass by 4–6 % (832² OpenVINO bf16: 0.57–0.60 s
+#: per pass in a worker, 0.55 s with these settings and in a plain process). The profile
+#: only feeds the dashboard; memory limits are still enforced, within a second.
+QUIET_MONITORS = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.worker.memory.monitor-interval": "1s",
+}
 
 #: Edge of the blocks the class raster is polygonized in (bounds memory per task).
 VECTORIZE_BLOCK = 2048
@@ -130,12 +144,18 @@ class ModelPlugin(WorkerPlugin):
         self.model: SegmentationModel | OpenVINOModel | None = None
 
     def setup(self, worker: Any) -> None:
-        """Build the model in the worker process, with one thread; on a GPU if torch has one."""
+        """Build the model in the worker process, with one thread; on a GPU if torch has one.
+
+        The worker's polygon-stage kernels are loaded too (:func:`~pipeline.vectorize.warm_up`):
+        set-up is where a worker loads what it runs, and its first polygon task is then not
+        0.2 s slower than the others.
+        """
         if self.converted is not None:
             from pipeline.models.engines import OpenVINOModel
 
             precision = getattr(self.config, "precision", "f32")
             self.model = OpenVINOModel(Path(self.converted), precision, threads=1)
+            warm_up()
             return
         import torch
 
@@ -146,6 +166,7 @@ class ModelPlugin(WorkerPlugin):
         if torch.cuda.is_available():
             model = model.to("cuda")
         self.model = model
+        warm_up()
 
     def teardown(self, worker: Any) -> None:
         """Release the model."""
@@ -223,7 +244,7 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     # 1.40 s at 832², measured here). Workers keep glibc's own adaptive thresholds instead.
     no_trim = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
     with (
-        dask.config.set(no_trim),
+        dask.config.set(no_trim | QUIET_MONITORS),
         LocalCluster(
             n_workers=n,
             threads_per_worker=1,
@@ -399,9 +420,17 @@ def run(
             )
         cache = BlockCache(folder / ".work", resume_key(workflow, scene, before, grid))
         t0 = time.perf_counter()
-        with dask_client(options.workers, options.scheduler) as client:
+        with (
+            # A thread of the client's own for work that can wait: while the workers classify
+            # it loads the polygon stage's kernels, matplotlib and the scene's picture; while
+            # they polygonize, it composes the preview's map.
+            ThreadPoolExecutor(1, thread_name_prefix="geoseg-client") as pool,
+            dask_client(options.workers, options.scheduler) as client,
+        ):
             times["cluster_start_s"] = time.perf_counter() - t0
             n_workers = len(client.scheduler_info().get("workers", {}))
+            warmed = pool.submit(warm_up)
+            overview = pool.submit(_preview_scene, scene, grid, model.bands)
             try:
                 counts = _classify(
                     client,
@@ -418,12 +447,6 @@ def run(
                     seams_out,
                     converted,
                 )
-                t0 = time.perf_counter()
-                classes_out.to_cog(staging.path("classes.tif"), "NEAREST")
-                conf_out.to_cog(staging.path("confidence.tif"), "AVERAGE")
-                if seams_out is not None:
-                    seams_out.to_cog(staging.path("seams.tif"), "NEAREST")
-                times["cog_s"] = time.perf_counter() - t0
             finally:
                 classes_out.close()
                 conf_out.close()
@@ -453,9 +476,25 @@ def run(
                     dtype="int64" if wide else "uint32",
                 )
                 staging.track(labels_folder(instances))
-            for batch in vectorize_on_cluster(
+            batches = vectorize_on_cluster(
                 client, str(work_classes), str(work_conf), grid, keep, cleanup, options, instances
-            ):
+            )
+            # The workers polygonize the working rasters while the client copies them to
+            # COGs, and a thread prepares the preview's picture while the polygons come in:
+            # one after the other, the stages after the tiles took 2.1 s at 4096², now 0.7–0.8 s
+            # (with the thread's earlier work and the faster compression; see BENCHMARKS.md).
+            t1 = time.perf_counter()
+            classes_out.to_cog(staging.path("classes.tif"), "NEAREST")
+            conf_out.to_cog(staging.path("confidence.tif"), "AVERAGE")
+            if seams_out is not None:
+                seams_out.to_cog(staging.path("seams.tif"), "NEAREST")
+            times["cog_s"] = time.perf_counter() - t1
+            classes_cog = str(staging.path("classes.tif"))
+            picture = pool.submit(
+                lambda: _preview_picture(workflow, *overview.result(), grid, classes_cog)
+            )
+            warmed.result()
+            for batch in batches:
                 fields_of = _polygon_fields(
                     batch, workflow, scene, model.model_id, version_of_model, run_id
                 )
@@ -463,7 +502,9 @@ def run(
                 tally.add(batch)
             if instances is not None:
                 instances.to_cog(staging.path("instances.tif"), "NEAREST")
-            times["vectorize_s"] = time.perf_counter() - t0
+            # Wall time of the polygon stage beyond the COG copies it ran beside.
+            times["vectorize_s"] = time.perf_counter() - t0 - times["cog_s"]
+            parts = picture.result()
 
         t0 = time.perf_counter()
         created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -505,12 +546,11 @@ def run(
         t0 = time.perf_counter()
         write_bytes(
             staging.path("preview.png"),
-            _preview(
+            _render(
+                parts,
                 workflow,
                 scene,
                 grid,
-                model.bands,
-                str(staging.path("classes.tif")),
                 tally,
                 subtitle=f"{workflow.name} · model {model.model_id} ({version_of_model})"
                 f" · run {run_id}",
@@ -609,22 +649,48 @@ def _polygon_fields(
     }
 
 
-def _preview(
+@dataclass(frozen=True)
+class _PreviewParts:
+    """What the preview shows, read and composed before the polygons' counts are known."""
+
+    image: np.ndarray
+    valid: np.ndarray
+    classes: np.ndarray
+    picture: np.ndarray
+
+
+def _preview_scene(
+    scene: Scene, grid: Grid, model_bands: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The scene as the preview shows it: a decimated read of its colour (or first) bands."""
+    # Imported here: workers import this module, and matplotlib costs each of them memory.
+    from pipeline.preview import overview_shape, preview_bands
+
+    shape = overview_shape(grid)
+    return read_overview(scene, preview_bands(scene.band_names, model_bands), grid, shape)
+
+
+def _preview_picture(
+    workflow: Workflow, image: np.ndarray, valid: np.ndarray, grid: Grid, classes_path: str
+) -> _PreviewParts:
+    """The class raster read at the preview's size and composed over the scene's picture."""
+    from pipeline.preview import compose, overview_shape
+
+    classes = read_band_overview(classes_path, overview_shape(grid))
+    return _PreviewParts(image, valid, classes, compose(image, valid, classes, workflow.classes))
+
+
+def _render(
+    parts: _PreviewParts,
     workflow: Workflow,
     scene: Scene,
     grid: Grid,
-    model_bands: tuple[str, ...],
-    classes_path: str,
     tally: PolygonTally,
     subtitle: str,
 ) -> bytes:
-    """Render ``preview.png`` from decimated reads of the scene and of the class raster."""
-    # Imported here: workers import this module, and matplotlib costs each of them memory.
-    from pipeline.preview import overview_shape, preview_bands, render_preview
+    """``preview.png``: the composed map with a legend of each class's polygons and area."""
+    from pipeline.preview import render_preview
 
-    shape = overview_shape(grid)
-    image, valid = read_overview(scene, preview_bands(scene.band_names, model_bands), grid, shape)
-    classes = read_band_overview(classes_path, shape)
     labels = {}
     for c in workflow.classes:
         labels[c.value] = (
@@ -632,15 +698,16 @@ def _preview(
             f"{_format_area(float(tally.area_m2[c.value]))}"
         )
     return render_preview(
-        image,
-        valid,
-        classes,
+        parts.image,
+        parts.valid,
+        parts.classes,
         workflow.classes,
         grid,
         scene.id,
         scene.acquired,
         subtitle=subtitle,
         labels=labels,
+        picture=parts.picture,
     )
 
 
@@ -697,13 +764,12 @@ def _classify(
     client.register_plugin(plugin, name=name)
     times["model_setup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    from pipeline.inference import runs
+    from pipeline.inference import schedule
 
     batch_size = getattr(workflow.model, "batch_size", 1)
     n_workers = len(client.scheduler_info().get("workers", {}))
-    # Enough tasks to keep every worker busy to the end, each a run of neighbouring blocks.
-    per_task = max(batch_size, min(TILES_PER_TASK, len(todo) // (4 * max(n_workers, 1))))
-    groups = runs(todo, per_task)
+    # Submitted in this order, so handed out in it (Dask queues tasks first come, first served).
+    groups = schedule(todo, n_workers, workflow.halo, batch_size)
     futures = [
         client.submit(
             _blocks_task,
@@ -788,7 +854,10 @@ def vectorize_on_cluster(
     options: RunOptions,
     instances: BlockRaster | None = None,
 ) -> Iterator[Polygons]:
-    """Polygonize the class raster block by block on Dask, yielding polygons as they are done.
+    """Polygonize the class raster block by block on Dask; polygons come as they are done.
+
+    The tasks are submitted when this is called; the returned iterator yields their
+    polygons, so the caller can do other work (the COG copies) while the workers polygonize.
 
     Each block's regions that touch no other block come finished from its worker and are
     yielded at once; the regions that cross block edges are joined in the client at the end
@@ -820,12 +889,25 @@ def vectorize_on_cluster(
         )
         for b in parts
     ]
+    return _collect_polygons(client, futures, grid, cleanup, options, instances, labels_dir)
+
+
+def _collect_polygons(
+    client: Any,
+    futures: list[Any],
+    grid: Grid,
+    cleanup: Cleanup,
+    options: RunOptions,
+    instances: BlockRaster | None,
+    labels_dir: Path | None,
+) -> Iterator[Polygons]:
+    """Yield each vectorize task's finished polygons, then the joined crossing regions."""
     pieces: list[BlockPolygons] = []
     occupants: list[np.ndarray] = []
     edges: list[RegionEdges] = []
     written: list[np.ndarray] = []
     bar = tqdm(
-        total=len(parts), desc="polygons", unit="block", disable=not options.progress, leave=False
+        total=len(futures), desc="polygons", unit="block", disable=not options.progress, leave=False
     )
     try:
         for future in as_completed(futures):

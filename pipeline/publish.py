@@ -135,6 +135,12 @@ class BlockCache:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+#: zlib effort of the output COGs. Level 1 against GDAL's default 6: the confidence COG of the
+#: Virginia forest run 6 % larger (878 against 829 kB) and copied 2.7× faster; at 4096² the
+#: copy took 0.12 s instead of 0.33 s.
+COG_DEFLATE_LEVEL = 1
+
+
 class BlockRaster:
     """A single-band GeoTIFF on ``grid`` written block by block, then turned into a COG."""
 
@@ -188,6 +194,7 @@ class BlockRaster:
             dest,
             driver="COG",
             COMPRESS="DEFLATE",
+            LEVEL=COG_DEFLATE_LEVEL,
             BLOCKSIZE=512,
             OVERVIEW_RESAMPLING=overview_resampling,
             BIGTIFF="IF_SAFER",

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 
 import numpy as np
 import pyogrio
@@ -317,9 +318,15 @@ def test_polygons_stream_from_the_cluster_block_by_block(tmp_path, monkeypatch):
         LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster,
         Client(cluster) as client,
     ):
-        batches = list(
-            vectorize_on_cluster(client, *paths, grid, (1, 2), cleanup, RunOptions(progress=False))
+        stream = vectorize_on_cluster(
+            client, *paths, grid, (1, 2), cleanup, RunOptions(progress=False)
         )
+        # The tasks run from the call on, while the caller does other work (the COG copies).
+        deadline = time.monotonic() + 60
+        while _finished_tasks(client) < 25:
+            assert time.monotonic() < deadline, "the vectorize tasks did not run before iteration"
+            time.sleep(0.05)
+        batches = list(stream)
     assert len(batches) == 26  # 25 blocks with polygons inside them, then the joins
     assert all(isinstance(b.geometry[0], bytes) for b in batches)  # WKB, as written
     got = concat_polygons(batches)
@@ -332,6 +339,37 @@ def test_polygons_stream_from_the_cluster_block_by_block(tmp_path, monkeypatch):
     np.testing.assert_array_equal(got.pixels[order], want.pixels)
     np.testing.assert_allclose(got.area_m2[order], want.area_m2, rtol=1e-9)
     assert shapely.equals(shapely.from_wkb(got.geometry[order]), want.geometry).all()
+
+
+def _finished_tasks(client) -> int:
+    """Tasks the scheduler holds a result of."""
+
+    def count(dask_scheduler) -> int:
+        return sum(ts.state == "memory" for ts in dask_scheduler.tasks.values())
+
+    return client.run_on_scheduler(count)
+
+
+def test_local_cluster_workers_sample_quietly():
+    """The local cluster's workers run without the statistical profiler and its siblings."""
+    import dask
+
+    from pipeline.orchestrate import QUIET_MONITORS
+
+    def busy() -> float:
+        end = time.perf_counter() + 0.3
+        x = 0.0
+        while time.perf_counter() < end:
+            x += 1.0
+        return x
+
+    with dask_client(workers=1, scheduler=None) as client:
+        settings = client.run(lambda: {k: dask.config.get(k) for k in QUIET_MONITORS})
+        client.submit(busy, pure=False).result()
+        time.sleep(1.2)  # a worker hands its samples over once a profile cycle (1 s) ends
+        samples = client.profile()["count"]
+    assert list(settings.values()) == [QUIET_MONITORS]
+    assert samples == 0  # 0.3 s of Python work: 27 samples with Dask's defaults
 
 
 def _expected_instances(classes: np.ndarray, keep: list[int]) -> np.ndarray:

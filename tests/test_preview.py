@@ -189,6 +189,19 @@ def test_render_preview_png(tmp_path: Path):
             assert _count(rgb, colour) >= 0.9 * expected
 
 
+def test_render_preview_of_a_picture_composed_beforehand_is_the_same():
+    """A run composes the map while the polygons come in and renders it once they are counted."""
+    h, w = 60, 80
+    image, valid = _checkerboard(h, w)
+    classes = np.full((h, w), 2, np.uint8)
+    classes[:, :30] = 4
+    args = (image, valid, classes, FIRE, _utm_grid(600, 800), "hurst-post", None)
+    picture = compose(image, valid, classes, FIRE)
+    assert render_preview(*args, picture=picture) == render_preview(*args)
+    other = compose(image, valid, np.full((h, w), 6, np.uint8), FIRE)
+    assert render_preview(*args, picture=other) != render_preview(*args)
+
+
 def test_render_preview_needs_matching_shapes():
     image, valid = _checkerboard(10, 10)
     with pytest.raises(AssertionError):

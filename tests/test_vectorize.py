@@ -579,3 +579,60 @@ def test_polygonize_block_nothing_kept() -> None:
     assert got.coords.shape == (0, 2)
     np.testing.assert_array_equal(got.ring_offsets, [0])
     np.testing.assert_array_equal(got.poly_offsets, [0])
+
+
+_WARM_UP_CHECK = """
+import json, sys
+import numba
+import numpy as np
+import rasterio
+from pipeline import kernels
+from pipeline.grid import blocks
+from pipeline.orchestrate import _vectorize_task
+from pipeline.vectorize import Cleanup, merge_blocks, warm_up
+from tests.test_vectorize import _blobs, _conf, _utm_grid
+
+def loaded():
+    return {n: len(f.signatures) for n, f in vars(kernels).items()
+            if isinstance(f, numba.core.registry.CPUDispatcher) and f.signatures}
+
+warm_up()
+after_warm_up = loaded()
+grid = _utm_grid(300, 260)
+paths = []
+for name, values in (("classes", _blobs(300, 260, seed=3)), ("confidence", _conf((300, 260)))):
+    path = f"{sys.argv[1]}/{name}.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=260, height=300, count=1,
+                       dtype="uint8", crs=grid.crs_wkt, transform=grid.affine) as dst:
+        dst.write(values, 1)
+    paths.append(path)
+cleanup = Cleanup(sieve_pixels=8, fill_holes_m2=2000.0)
+done = [_vectorize_task(*paths, grid, b, (1, 2), cleanup, sys.argv[1])[0]
+        for b in blocks(grid, 128)]
+joined = merge_blocks([d.pieces for d in done], grid, cleanup,
+                      np.concatenate([d.occupants for d in done]), as_wkb=True)
+print(json.dumps({"warm": after_warm_up, "run": loaded(), "joined": len(joined)}))
+"""
+
+
+def test_warm_up_loads_every_kernel_a_run_calls(tmp_path):
+    # A fresh process: numba's loaded signatures are per process.
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", _WARM_UP_CHECK, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        check=True,
+    )
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["joined"] > 0, "the blocks must have regions to join"
+    assert set(result["warm"]) >= {"label_regions", "sieve_regions", "trace_polygons"}
+    assert set(result["warm"]) >= {"region_stats", "join_pieces", "polygon_wkb"}
+    # The run loaded nothing the warm-up had not: no kernel is first called mid-run.
+    assert result["run"] == result["warm"]

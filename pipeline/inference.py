@@ -147,12 +147,7 @@ def process_tiles(
     tiles = [read_tile(model.bands, scene, before, grid, b, halo) for b in group]
     empty = np.empty(0)
     results: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [(empty, empty, empty)] * len(group)
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, (data, _, _, _) in enumerate(tiles):
-        by_shape.setdefault(data.shape, []).append(i)
-    step = batch_size or len(group)
-    chunks = [m[k : k + step] for m in by_shape.values() for k in range(0, len(m), step)]
-    for members in chunks:
+    for members in _by_shape([data.shape for data, _, _, _ in tiles], batch_size or len(group)):
         data = np.stack([tiles[i][0] for i in members])
         valid = np.stack([tiles[i][1] for i in members])
         classes, confidence = predict_batch(model, data, valid)
@@ -237,9 +232,14 @@ def schedule(
 
 def batches(tiles: list[Block], size: int) -> list[tuple[Block, ...]]:
     """Group blocks of equal shape into batches of at most ``size`` (one forward pass each)."""
-    by_shape: dict[tuple[int, int], list[Block]] = {}
-    for b in tiles:
-        by_shape.setdefault((b.height, b.width), []).append(b)
     return [
-        tuple(same[i : i + size]) for same in by_shape.values() for i in range(0, len(same), size)
+        tuple(tiles[i] for i in m) for m in _by_shape([(b.height, b.width) for b in tiles], size)
     ]
+
+
+def _by_shape(shapes: list[tuple[int, ...]], size: int) -> list[list[int]]:
+    """Indices of equal ``shapes`` in groups of at most ``size``, in order of first appearance."""
+    same: dict[tuple[int, ...], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        same.setdefault(shape, []).append(i)
+    return [m[k : k + size] for m in same.values() for k in range(0, len(m), size)]

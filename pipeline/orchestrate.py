@@ -53,7 +53,6 @@ from pipeline.publish import (
 )
 from pipeline.reading import (
     check_compatible,
-    file_sha256,
     gdal_cache_setting,
     read_band_overview,
     read_band_window,
@@ -77,7 +76,14 @@ from pipeline.vectorize import (
     sieve_halo,
     warm_up,
 )
-from pipeline.workflow import ClassDef, ModelConfig, TorchGeoModelConfig, Workflow
+from pipeline.workflow import (
+    ClassDef,
+    ModelConfig,
+    TorchGeoModelConfig,
+    Workflow,
+    model_content,
+    uses_openvino,
+)
 
 if TYPE_CHECKING:
     from pipeline.models import SegmentationModel
@@ -150,13 +156,15 @@ class ModelPlugin(WorkerPlugin):
         set-up is where a worker loads what it runs, and its first polygon task is then not
         0.2 s slower than the others.
         """
+        self.model = self._build()
+        warm_up()
+
+    def _build(self) -> SegmentationModel | OpenVINOModel:
         if self.converted is not None:
             from pipeline.models.engines import OpenVINOModel
 
             precision = getattr(self.config, "precision", "f32")
-            self.model = OpenVINOModel(Path(self.converted), precision, threads=1)
-            warm_up()
-            return
+            return OpenVINOModel(Path(self.converted), precision, threads=1)
         import torch
 
         from pipeline.models import build_model
@@ -165,8 +173,7 @@ class ModelPlugin(WorkerPlugin):
         model = build_model(self.config, self.classes)
         if torch.cuda.is_available():
             model = model.to("cuda")
-        self.model = model
-        warm_up()
+        return model
 
     def teardown(self, worker: Any) -> None:
         """Release the model."""
@@ -311,10 +318,12 @@ def plan(
     """
     model: ModelInfo
     config = workflow.model
-    if isinstance(config, TorchGeoModelConfig) and config.engine == "openvino":
+    if uses_openvino(config):
         from pipeline.models.engines import prepare_openvino
 
-        folder, _ = prepare_openvino(config, workflow.classes, cache or default_cache())
+        folder, _ = prepare_openvino(
+            cast(TorchGeoModelConfig, config), workflow.classes, cache or default_cache()
+        )
         model = NetworkInfo.load(folder)
     else:
         from pipeline.models import build_model
@@ -347,7 +356,7 @@ def plan(
     return model, scene, before, grid
 
 
-def default_cache(out: str | Path = "outputs") -> Path:
+def default_cache(out: str | Path = RunOptions.out) -> Path:
     """Where converted networks are kept: ``.cache`` in the output folder."""
     return Path(out).expanduser() / ".cache"
 
@@ -446,6 +455,7 @@ def run(
                     cache,
                     seams_out,
                     converted,
+                    n_workers,
                 )
             finally:
                 classes_out.close()
@@ -491,7 +501,7 @@ def run(
             times["cog_s"] = time.perf_counter() - t1
             classes_cog = str(staging.path("classes.tif"))
             picture = pool.submit(
-                lambda: _preview_picture(workflow, *overview.result(), grid, classes_cog)
+                lambda: _preview_picture(workflow, *overview.result(), classes_cog)
             )
             warmed.result()
             for batch in batches:
@@ -608,15 +618,11 @@ def run(
 def model_version(config: ModelConfig) -> str:
     """A short stable digest (12 hex) of a model: its configuration, and a checkpoint's bytes.
 
-    The checkpoint enters by content (SHA-256), not by path, so the same model gets the same
-    version wherever its file lies, and retraining into the same file gets a new one.
+    The checkpoint enters by content (:func:`~pipeline.workflow.model_content`).
     """
     import hashlib
 
-    data = config.model_dump(mode="json")
-    checkpoint = data.pop("checkpoint", None)
-    if checkpoint:
-        data["checkpoint_sha256"] = file_sha256(checkpoint)
+    data = model_content(config)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -671,12 +677,12 @@ def _preview_scene(
 
 
 def _preview_picture(
-    workflow: Workflow, image: np.ndarray, valid: np.ndarray, grid: Grid, classes_path: str
+    workflow: Workflow, image: np.ndarray, valid: np.ndarray, classes_path: str
 ) -> _PreviewParts:
     """The class raster read at the preview's size and composed over the scene's picture."""
-    from pipeline.preview import compose, overview_shape
+    from pipeline.preview import compose
 
-    classes = read_band_overview(classes_path, overview_shape(grid))
+    classes = read_band_overview(classes_path, image.shape[1:])
     return _PreviewParts(image, valid, classes, compose(image, valid, classes, workflow.classes))
 
 
@@ -731,13 +737,15 @@ def _classify(
     cache: BlockCache,
     seams_out: BlockRaster | None = None,
     converted: Path | None = None,
+    n_workers: int = 1,
 ) -> np.ndarray:
     """Classify every block on Dask, writing each result as it arrives; return class counts.
 
     Blocks a killed earlier run of the same configuration finished come from ``cache``;
     every block finished now is added to it before it is written. With ``seams_out``, the
     seam mask of every block is written there (see :class:`~pipeline.stitch.SeamTracker`);
-    a block from the cache brings no tile to compare.
+    a block from the cache brings no tile to compare. ``n_workers`` sizes the tasks
+    (:func:`~pipeline.inference.schedule`).
     """
     counts = np.zeros(256, dtype=np.int64)
     seams = None if seams_out is None else SeamTracker(grid, tiles, workflow.halo)
@@ -767,7 +775,6 @@ def _classify(
     from pipeline.inference import schedule
 
     batch_size = getattr(workflow.model, "batch_size", 1)
-    n_workers = len(client.scheduler_info().get("workers", {}))
     # Submitted in this order, so handed out in it (Dask queues tasks first come, first served).
     groups = schedule(todo, n_workers, workflow.halo, batch_size)
     futures = [

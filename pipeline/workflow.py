@@ -109,6 +109,28 @@ class TorchGeoModelConfig(_Strict):
 ModelConfig = Annotated[IndexModelConfig | TorchGeoModelConfig, Field(discriminator="kind")]
 
 
+def model_content(
+    config: IndexModelConfig | TorchGeoModelConfig, exclude: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """A model's configuration as JSON data, a checkpoint by its bytes' SHA-256, not its path.
+
+    What digests of a model hash: the same model gets the same digest wherever its file lies,
+    and retraining into the same file gets a new one. ``exclude`` leaves settings out.
+    """
+    from pipeline.reading import file_sha256
+
+    data = config.model_dump(mode="json", exclude=set(exclude))
+    checkpoint = data.pop("checkpoint", None)
+    if checkpoint:
+        data["checkpoint_sha256"] = file_sha256(checkpoint)
+    return data
+
+
+def uses_openvino(config: IndexModelConfig | TorchGeoModelConfig) -> bool:
+    """Whether OpenVINO runs the model's forward pass (``engine: openvino``)."""
+    return isinstance(config, TorchGeoModelConfig) and config.engine == "openvino"
+
+
 class CleanupConfig(_Strict):
     """How class rasters are cleaned before they become polygons."""
 

@@ -21,6 +21,7 @@ from pipeline.models import build_model
 from pipeline.models.engines import (
     NetworkInfo,
     OpenVINOModel,
+    cpu_capabilities,
     export_key,
     export_openvino,
     openvino_version,
@@ -30,12 +31,6 @@ from pipeline.orchestrate import RunOptions, dask_client, plan, run
 from pipeline.workflow import Workflow, load_workflow
 
 BANDS = ("red", "nir", "swir16")
-
-
-def _has_bf16() -> bool:
-    import openvino as ov
-
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +71,9 @@ def test_converted_network_scores_tiles_as_torch_does(unet):
         ov_model(np.zeros((1, 4, 32, 32), dtype=np.float32))
 
 
-@pytest.mark.skipif(not _has_bf16(), reason="this CPU has no bfloat16 instructions")
+@pytest.mark.skipif(
+    "BF16" not in cpu_capabilities(), reason="this CPU has no bfloat16 instructions"
+)
 def test_bf16_is_close_to_f32(unet):
     _, converted = unet
     x = np.random.default_rng(2).random((1, 3, 256, 256), dtype=np.float32) * 0.4

@@ -3,10 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from rasterio.crs import CRS
 
+from pipeline.bench.common import bench_grid
 from pipeline.errors import ModelError
-from pipeline.grid import Block, Grid, blocks
+from pipeline.grid import Block, blocks
 from pipeline.inference import NODATA, predict_tile, schedule
 from pipeline.models import build_model
 from pipeline.models.base import SegmentationModel
@@ -172,12 +172,6 @@ def test_forest_model_tile() -> None:
 # --- scheduling of classification tasks ------------------------------------------------------
 
 
-def _grid(size: int) -> Grid:
-    return Grid(
-        CRS.from_epsg(32618).to_wkt(), (10.0, 0.0, 399960.0, 0.0, -10.0, 4200000.0), size, size
-    )
-
-
 def _cost(group: tuple[Block, ...], halo: int) -> int:
     return sum((b.height + 2 * halo) * (b.width + 2 * halo) for b in group)
 
@@ -192,7 +186,7 @@ def _makespan(groups: list[tuple[Block, ...]], workers: int, halo: int) -> int:
 
 @pytest.mark.parametrize(("size", "workers", "batch"), [(4096, 2, 1), (10980, 2, 1), (4096, 4, 2)])
 def test_schedule_covers_every_block_once_and_ends_evenly(size: int, workers: int, batch: int):
-    grid, halo = _grid(size), 32
+    grid, halo = bench_grid(size), 32
     tiles = blocks(grid, 768)
     groups = schedule(tiles, workers, halo, batch)
     flat = [b for g in groups for b in g]
@@ -214,7 +208,7 @@ def test_schedule_covers_every_block_once_and_ends_evenly(size: int, workers: in
 
 
 def test_schedule_of_a_few_blocks_is_single_batches():
-    tiles = blocks(_grid(1000), 512)
+    tiles = blocks(bench_grid(1000), 512)
     groups = schedule(tiles, 2, 32)
     assert [len(g) for g in groups] == [1, 1, 1, 1]
     assert groups[0] == (Block(0, 0, 512, 512),)

@@ -89,13 +89,9 @@ def test_tile_sizes_agree_with_each_other_and_with_one_pass(virginia_unet):
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["f32", "bf16"])
 def test_openvino_engine_keeps_parity_and_agrees_with_torch(virginia_unet, tmp_path, precision):
-    import openvino as ov
+    from pipeline.models.engines import OpenVINOModel, cpu_capabilities, export_openvino
 
-    from pipeline.models.engines import OpenVINOModel, export_openvino
-
-    if precision == "bf16" and "BF16" not in ov.Core().get_property(
-        "CPU", "OPTIMIZATION_CAPABILITIES"
-    ):
+    if precision == "bf16" and "BF16" not in cpu_capabilities():
         pytest.skip("this CPU has no bfloat16 instructions")
     model, scene, grid, labels = virginia_unet
     engine = OpenVINOModel(export_openvino(model, tmp_path / "converted"), precision)

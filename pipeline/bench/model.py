@@ -33,7 +33,7 @@ from pipeline.bench.common import bench_grid, in_subprocess, peak_rss_mb
 from pipeline.bench.scenes import SCENE_BANDS, write_scene
 from pipeline.errors import ConfigError
 from pipeline.grid import Block, blocks
-from pipeline.workflow import ClassDef, CleanupConfig, TorchGeoModelConfig, Workflow
+from pipeline.workflow import ClassDef, CleanupConfig, TorchGeoModelConfig, Workflow, uses_openvino
 
 #: The pipeline's tiling in the benchmark: 768 blocks with a 32 px halo (832² inputs, a
 #: multiple of 32). With 1088² inputs (1024 blocks) the U-Net's forward pass alone takes
@@ -148,7 +148,7 @@ def _model_only_worker(
     workflow_json: str, shapes: list[tuple[int, int, int, int]], start: Any, out: Any
 ) -> None:
     workflow = _load(workflow_json)
-    if workflow.model.engine == "openvino":  # type: ignore[union-attr]
+    if uses_openvino(workflow.model):
         _model_only_openvino(workflow_json, shapes, start, out)
         return
     import torch
@@ -261,7 +261,7 @@ def run_pipeline(catalog: str, workflow_json: str, out: str, workers: str) -> di
     t0 = time.perf_counter()
     # Library imports are start-up, as torch's own import is: a batch job pays them once.
     # With OpenVINO the client never needs torch, and importing it would only add its memory.
-    if workflow.model.engine == "openvino":  # type: ignore[union-attr]
+    if uses_openvino(workflow.model):
         import openvino  # noqa: F401
     else:
         import segmentation_models_pytorch  # noqa: F401
@@ -355,7 +355,7 @@ def run_parity(catalog: str, workflow_json: str) -> dict[str, Any]:
     torch.set_num_threads(1)
     workflow = _load(workflow_json)
     model: Any
-    if workflow.model.engine == "openvino":  # type: ignore[union-attr]
+    if uses_openvino(workflow.model):
         model = _openvino_model(workflow_json)
     else:
         model = build_model(workflow.model, workflow.classes)

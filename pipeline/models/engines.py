@@ -30,7 +30,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline.errors import ModelError
 from pipeline.models.card import ModelCard
-from pipeline.workflow import ClassDef, TorchGeoModelConfig
+from pipeline.workflow import ClassDef, TorchGeoModelConfig, model_content
 
 if TYPE_CHECKING:
     from pipeline.models.networks import TorchGeoSegmentation
@@ -98,13 +98,18 @@ def openvino_version() -> str:
     return str(get_version())
 
 
+def cpu_capabilities() -> list[str]:
+    """The arithmetic OpenVINO's CPU plugin can run natively here (FP32, BF16, INT8 …)."""
+    import openvino as ov
+
+    return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
 def check_precision(precision: str) -> None:
     """Raise :class:`ModelError` when this CPU cannot run ``precision`` natively."""
     if precision != "bf16":
         return
-    import openvino as ov
-
-    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    caps = cpu_capabilities()
     if "BF16" not in caps:
         raise ModelError(
             "precision bf16 needs a CPU with bfloat16 instructions (AVX512_BF16 or AMX); "
@@ -114,13 +119,8 @@ def check_precision(precision: str) -> None:
 
 def export_key(config: TorchGeoModelConfig, classes: tuple[ClassDef, ...]) -> str:
     """A key (16 hex) that changes with anything that changes the converted network."""
-    from pipeline.reading import file_sha256
-
     # Batch size and precision are chosen when the model files are loaded, not converted.
-    data = config.model_dump(mode="json", exclude={"batch_size", "precision", "engine"})
-    checkpoint = data.pop("checkpoint", None)
-    if checkpoint:
-        data["checkpoint_sha256"] = file_sha256(checkpoint)
+    data = model_content(config, frozenset({"batch_size", "precision", "engine"}))
     data["classes"] = [c.model_dump(mode="json") for c in classes]
     data["versions"] = [__version__, openvino_version()]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -47,22 +47,30 @@ def predict_batch(
     and its softmax probability in percent, :data:`NODATA` where the input was invalid. Tiles
     without any valid pixel are left out of the forward pass. A torch model runs on its device
     (CUDA when the model was moved there), channels-last; an :class:`OpenVINOModel` on the CPU.
+    On the CPU the scores become classes in one compiled pass
+    (:func:`~pipeline.kernels.scores_to_classes`).
     """
     n, h, w = valid.shape
-    classes = np.full((n, h, w), NODATA, dtype=np.uint8)
-    confidence = np.full((n, h, w), NODATA, dtype=np.uint8)
     todo = np.flatnonzero(valid.reshape(n, -1).any(axis=1))
-    if todo.size == 0:
-        return classes, confidence
-    x = np.ascontiguousarray(data[todo], dtype=np.float32)
-    expected = (len(todo), model.num_classes, h, w)
+    if todo.size < n:
+        classes = np.full((n, h, w), NODATA, dtype=np.uint8)
+        confidence = np.full((n, h, w), NODATA, dtype=np.uint8)
+        if todo.size == 0:
+            return classes, confidence
+        data, valid = data[todo], valid[todo]
+    x = np.ascontiguousarray(data, dtype=np.float32)
+    ok = np.ascontiguousarray(valid, dtype=bool)
+    expected = (len(x), model.num_classes, h, w)
     if isinstance(model, OpenVINOModel):
-        cls_np, conf_np = _classify_numpy(model, x, expected)
+        scores = model(x)
+        _check_scores(model, scores.shape, expected)
+        cls_np, conf_np = _to_classes(scores, ok)
     else:
-        cls_np, conf_np = _classify_torch(model, x, expected)
-    ok = valid[todo]
-    classes[todo] = np.where(ok, cls_np, NODATA)
-    confidence[todo] = np.where(ok, conf_np, NODATA)
+        cls_np, conf_np = _classify_torch(model, x, ok, expected)
+    if todo.size == n:
+        return cls_np, conf_np
+    classes[todo] = cls_np
+    confidence[todo] = conf_np
     return classes, confidence
 
 
@@ -74,8 +82,20 @@ def _check_scores(model: Model, shape: tuple[int, ...], expected: tuple[int, ...
         )
 
 
+def _to_classes(scores: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores on the CPU to (classes, confidence), :data:`NODATA` where not ``valid``."""
+    from pipeline.kernels import scores_to_classes
+
+    return scores_to_classes(np.ascontiguousarray(scores, dtype=np.float32), valid, NODATA)
+
+
+def warm_up() -> None:
+    """Load this process's compiled scores kernel now (about 0.1 s), not at the first tile."""
+    _to_classes(np.zeros((1, 2, 1, 1), dtype=np.float32), np.ones((1, 1, 1), dtype=bool))
+
+
 def _classify_torch(
-    model: SegmentationModel, x: np.ndarray, expected: tuple[int, ...]
+    model: SegmentationModel, x: np.ndarray, valid: np.ndarray, expected: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
@@ -84,23 +104,13 @@ def _classify_torch(
         xt = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
         scores = model(xt)
         _check_scores(model, tuple(scores.shape), expected)
+        if scores.device.type == "cpu":
+            return _to_classes(scores.float().contiguous().numpy(), valid)
+        # On a GPU only the uint8 results cross to the host, not the scores.
         prob, cls = torch.softmax(scores.float(), dim=1).max(dim=1)
         cls_np = cls.to(torch.uint8).cpu().numpy()
         conf_np = torch.round(prob * 100).to(torch.uint8).cpu().numpy()
-    return cls_np, conf_np
-
-
-def _classify_numpy(
-    model: OpenVINOModel, x: np.ndarray, expected: tuple[int, ...]
-) -> tuple[np.ndarray, np.ndarray]:
-    scores = model(x)
-    _check_scores(model, scores.shape, expected)
-    cls = scores.argmax(axis=1)
-    # The winner's softmax probability is 1 / sum(exp(s - s_max)).
-    top = np.take_along_axis(scores, cls[:, None], axis=1)
-    total = np.exp(scores - top).sum(axis=1)
-    conf = np.round(100.0 / total).astype(np.uint8)
-    return cls.astype(np.uint8), conf
+    return np.where(valid, cls_np, NODATA), np.where(valid, conf_np, NODATA)
 
 
 def read_tile(
@@ -148,8 +158,8 @@ def process_tiles(
     empty = np.empty(0)
     results: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [(empty, empty, empty)] * len(group)
     for members in _by_shape([data.shape for data, _, _, _ in tiles], batch_size or len(group)):
-        data = np.stack([tiles[i][0] for i in members])
-        valid = np.stack([tiles[i][1] for i in members])
+        data = _batch([tiles[i][0] for i in members])
+        valid = _batch([tiles[i][1] for i in members])
         classes, confidence = predict_batch(model, data, valid)
         for k, i in enumerate(members):
             _, _, read, pad = tiles[i]
@@ -159,6 +169,11 @@ def process_tiles(
                 window_of(classes[k], read, pad),
             )
     return results
+
+
+def _batch(arrays: list[np.ndarray]) -> np.ndarray:
+    """Arrays stacked along a new first axis; one array is only viewed so (no copy)."""
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
 
 
 def process_block(

@@ -1,8 +1,12 @@
-"""Compiled kernels of the vectorizer: labelling, statistics, sieve, tracing, joining, WKB.
+"""Compiled pixel loops: scores to classes, and the vectorizer's labelling to WKB.
 
-These are the pixel loops of :mod:`pipeline.vectorize` (which keeps the rules and documents
-them), compiled with numba: on a 2048² block each step takes a quarter to a tenth of the time
-the numpy, scipy and ``rasterio.features.shapes`` versions took.
+These are the pixel loops of :mod:`pipeline.inference` and :mod:`pipeline.vectorize` (which
+keep the rules and document them), compiled with numba: on a 2048² block each vectorizer step
+takes a quarter to a tenth of the time the numpy, scipy and ``rasterio.features.shapes``
+versions took.
+
+* :func:`scores_to_classes` turns a batch of class scores into the arg-max class and its
+  softmax probability in percent, in one pass (a third of numpy's time on an 832² tile).
 
 * :func:`label_regions` labels the 4-connected regions of every selected class in one
   union-find pass, numbered by class rank, then raster order of each region's first pixel.
@@ -16,7 +20,8 @@ the numpy, scipy and ``rasterio.features.shapes`` versions took.
   :func:`trace_polygons` gives for the whole raster, in time linear in their vertices.
 * :func:`polygon_wkb` writes polygons as WKB in the grid's CRS in one pass.
 
-Inputs are C-contiguous arrays of fixed dtypes (uint8 classes and confidence, int32 labels),
+Inputs are C-contiguous arrays of fixed dtypes (float32 scores, bool validity, uint8 classes
+and confidence, int32 labels),
 so each kernel compiles once. The compiled code is cached on disk (``cache=True``, in
 ``pipeline/__pycache__``, or numba's user cache directory or ``NUMBA_CACHE_DIR`` where that is
 read-only): the first use after installing or editing this file compiles for about 10 s (on a
@@ -31,6 +36,52 @@ import numpy as np
 #: Steps of the four directions, clockwise on screen (x right, y down): E, S, W, N.
 _DX = np.array([1, 0, -1, 0], dtype=np.int64)
 _DY = np.array([0, 1, 0, -1], dtype=np.int64)
+
+
+@numba.njit(cache=True)
+def scores_to_classes(
+    scores: np.ndarray, valid: np.ndarray, nodata: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Arg-max class and its softmax probability in percent of float32 ``[N, K, H, W]`` scores.
+
+    Returns uint8 ``(classes, confidence)`` ``[N, H, W]``, ``nodata`` where ``valid`` (bool
+    ``[N, H, W]``) is False. The first of equal scores wins, as with ``argmax``. The winner's
+    probability is ``1 / sum(exp(s - s_max))``, summed over the classes in order, in float32.
+    """
+    n, k, h, w = scores.shape
+    classes = np.empty((n, h, w), dtype=np.uint8)
+    confidence = np.empty((n, h, w), dtype=np.uint8)
+    # Row by row, class plane by class plane: each inner loop runs over contiguous pixels
+    # without a branch per class, 2.5-6x faster than numpy's argmax, gather and exp passes.
+    best = np.empty(w, dtype=np.float32)
+    winner = np.empty(w, dtype=np.uint8)
+    total = np.empty(w, dtype=np.float32)
+    hundred = np.float32(100.0)
+    for i in range(n):
+        for y in range(h):
+            first = scores[i, 0, y]
+            for x in range(w):
+                best[x] = first[x]
+                winner[x] = 0
+                total[x] = 0.0
+            for j in range(1, k):
+                plane = scores[i, j, y]
+                for x in range(w):
+                    if plane[x] > best[x]:
+                        best[x] = plane[x]
+                        winner[x] = j
+            for j in range(k):
+                plane = scores[i, j, y]
+                for x in range(w):
+                    total[x] += np.exp(plane[x] - best[x])
+            for x in range(w):
+                if valid[i, y, x]:
+                    classes[i, y, x] = winner[x]
+                    confidence[i, y, x] = np.uint8(np.round(hundred / total[x]))
+                else:
+                    classes[i, y, x] = nodata
+                    confidence[i, y, x] = nodata
+    return classes, confidence
 
 
 @numba.njit(cache=True, inline="always")

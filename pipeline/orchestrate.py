@@ -152,11 +152,14 @@ class ModelPlugin(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         """Build the model in the worker process, with one thread; on a GPU if torch has one.
 
-        The worker's polygon-stage kernels are loaded too (:func:`~pipeline.vectorize.warm_up`):
-        set-up is where a worker loads what it runs, and its first polygon task is then not
-        0.2 s slower than the others.
+        The worker's compiled kernels are loaded too (:func:`pipeline.inference.warm_up`,
+        :func:`pipeline.vectorize.warm_up`): set-up is where a worker loads what it runs, and
+        its first tile and first polygon task are then not 0.1-0.2 s slower than the others.
         """
+        from pipeline import inference
+
         self.model = self._build()
+        inference.warm_up()
         warm_up()
 
     def _build(self) -> SegmentationModel | OpenVINOModel:
@@ -431,8 +434,8 @@ def run(
         t0 = time.perf_counter()
         with (
             # A thread of the client's own for work that can wait: while the workers classify
-            # it loads the polygon stage's kernels, matplotlib and the scene's picture; while
-            # they polygonize, it composes the preview's map.
+            # it loads the polygon stage's kernels and the scene's picture; while they
+            # polygonize, it composes the preview's map.
             ThreadPoolExecutor(1, thread_name_prefix="geoseg-client") as pool,
             dask_client(options.workers, options.scheduler) as client,
         ):
@@ -493,11 +496,14 @@ def run(
             # COGs, and a thread prepares the preview's picture while the polygons come in:
             # one after the other, the stages after the tiles took 2.1 s at 4096², now 0.7–0.8 s
             # (with the thread's earlier work and the faster compression; see BENCHMARKS.md).
+            # The two copies run side by side (GDAL releases the GIL): 0.61 s one after the
+            # other at 4096², 0.41 s together.
             t1 = time.perf_counter()
-            classes_out.to_cog(staging.path("classes.tif"), "NEAREST")
+            classes_copy = pool.submit(classes_out.to_cog, staging.path("classes.tif"), "NEAREST")
             conf_out.to_cog(staging.path("confidence.tif"), "AVERAGE")
             if seams_out is not None:
                 seams_out.to_cog(staging.path("seams.tif"), "NEAREST")
+            classes_copy.result()
             times["cog_s"] = time.perf_counter() - t1
             classes_cog = str(staging.path("classes.tif"))
             picture = pool.submit(
@@ -669,7 +675,7 @@ def _preview_scene(
     scene: Scene, grid: Grid, model_bands: tuple[str, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The scene as the preview shows it: a decimated read of its colour (or first) bands."""
-    # Imported here: workers import this module, and matplotlib costs each of them memory.
+    # Imported here: workers import this module and never draw a preview.
     from pipeline.preview import overview_shape, preview_bands
 
     shape = overview_shape(grid)

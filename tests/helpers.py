@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,3 +22,28 @@ def user_error(exc_type: type[GeosegError], fn: Callable[..., Any], *args: Any) 
     message = str(info.value)
     assert "\n" not in message
     return message
+
+
+def loaded_kernels() -> dict[str, int]:
+    """Compiled signatures each kernel of :mod:`pipeline.kernels` has loaded in this process."""
+    import numba
+
+    from pipeline import kernels
+
+    return {
+        name: len(f.signatures)
+        for name, f in vars(kernels).items()
+        if isinstance(f, numba.core.registry.CPUDispatcher) and f.signatures
+    }
+
+
+def run_fresh(script: str, *args: str) -> Any:
+    """Run ``script`` in a new Python process (at the repository root); its last line as JSON."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -7,10 +7,11 @@ import torch
 from pipeline.bench.common import bench_grid
 from pipeline.errors import ModelError
 from pipeline.grid import Block, blocks
-from pipeline.inference import NODATA, predict_tile, schedule
+from pipeline.inference import NODATA, predict_batch, predict_tile, schedule
 from pipeline.models import build_model
 from pipeline.models.base import SegmentationModel
 from pipeline.workflow import IndexModelConfig
+from tests.helpers import run_fresh
 
 
 class FixedLogits(SegmentationModel):
@@ -24,10 +25,12 @@ class FixedLogits(SegmentationModel):
         self.logits = torch.from_numpy(logits.astype(np.float32))
         self.num_classes = logits.shape[0]
         self.calls = 0
+        self.batch_sizes: list[int] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         self.calls += 1
+        self.batch_sizes.append(x.shape[0])
         return self.logits[None].expand(x.shape[0], -1, -1, -1)
 
 
@@ -116,6 +119,22 @@ def test_single_valid_pixel_runs_the_model() -> None:
     assert model.calls == 1
     assert confidence[2, 1] == 50
     assert (classes == NODATA).sum() == 15
+
+
+def test_batch_with_an_empty_tile_runs_the_model_on_the_others_only() -> None:
+    rng = np.random.default_rng(3)
+    model = FixedLogits(rng.normal(0, 2, size=(3, 5, 6)))
+    data = np.stack([_tile(5, 6, seed=s)[0] for s in range(3)])
+    valid = np.stack([_tile(5, 6, seed=s)[1] for s in range(3)])
+    valid[1] = False
+    classes, confidence = predict_batch(model, data, valid)
+    assert model.batch_sizes == [2]
+    assert classes.shape == confidence.shape == (3, 5, 6)
+    assert (classes[1] == NODATA).all() and (confidence[1] == NODATA).all()
+    for i in (0, 2):
+        alone = predict_tile(FixedLogits(model.logits.numpy()), data[i], valid[i])
+        np.testing.assert_array_equal(classes[i], alone[0])
+        np.testing.assert_array_equal(confidence[i], alone[1])
 
 
 @pytest.mark.parametrize(
@@ -213,3 +232,29 @@ def test_schedule_of_a_few_blocks_is_single_batches():
     assert [len(g) for g in groups] == [1, 1, 1, 1]
     assert groups[0] == (Block(0, 0, 512, 512),)
     assert schedule([], 2, 32) == []
+
+
+_WARM_UP_CHECK = """
+import json
+import numpy as np
+from pipeline.inference import predict_batch, warm_up
+from tests.helpers import loaded_kernels as loaded
+from tests.test_inference import FixedLogits, _tile
+
+warm_up()
+after_warm_up = loaded()
+model = FixedLogits(np.random.default_rng(0).normal(size=(3, 20, 30)))
+data = np.stack([_tile(20, 30, seed=s)[0] for s in range(3)])
+valid = np.stack([_tile(20, 30, seed=s)[1] for s in range(3)])
+predict_batch(model, data, valid)
+valid[1] = False  # a batch with an empty tile takes the others apart
+predict_batch(model, data[:, :, ::-1], valid)  # and an input that is not C-contiguous
+print(json.dumps({"warm": after_warm_up, "run": loaded()}))
+"""
+
+
+def test_warm_up_loads_the_kernel_a_forward_pass_calls():
+    # A fresh process: numba's loaded signatures are per process.
+    result = run_fresh(_WARM_UP_CHECK)
+    assert result["warm"] == {"scores_to_classes": 1}
+    assert result["run"] == result["warm"]

@@ -51,6 +51,29 @@ def _reference_labels(classes: np.ndarray, keep: list[int]) -> np.ndarray:
     return labels
 
 
+@pytest.mark.parametrize("k", [2, 3, 6])
+def test_scores_to_classes_is_argmax_and_rounded_softmax(k: int) -> None:
+    rng = np.random.default_rng(k)
+    scores = rng.normal(size=(2, k, 40, 50)).astype(np.float32)
+    scores[1] *= 30  # confident pixels: probabilities near 100 %
+    scores[0, :, 0, 0] = 1.5  # a tie: the first class wins, at 100 / k %
+    valid = rng.random((2, 40, 50)) > 0.2
+    valid[0, 0, 0] = True
+    classes, confidence = kernels.scores_to_classes(scores, valid, 255)
+    assert classes.dtype == confidence.dtype == np.uint8
+    assert classes.shape == confidence.shape == (2, 40, 50)
+    np.testing.assert_array_equal(classes == 255, ~valid)
+    np.testing.assert_array_equal(confidence == 255, ~valid)
+    np.testing.assert_array_equal(classes[valid], scores.argmax(axis=1)[valid])
+    z = scores.astype(np.float64)
+    prob = np.exp(z - z.max(axis=1, keepdims=True))
+    percent = 100 * (prob / prob.sum(axis=1, keepdims=True)).max(axis=1)
+    # float32 sums may round the other way only where the percentage is a half.
+    differ = confidence[valid].astype(int) != np.round(percent[valid])
+    assert (np.abs(percent[valid][differ] % 1 - 0.5) < 1e-3).all()
+    assert classes[0, 0, 0] == 0 and confidence[0, 0, 0] == round(100 / k)
+
+
 @pytest.mark.parametrize("kind", ["noise", "specks", "patches", "blobs"])
 @pytest.mark.parametrize("keep", [[0, 1, 2], [2, 0], [1], [NODATA, 1]])
 def test_label_regions_equals_scipy_per_class(kind: str, keep: list[int]) -> None:

@@ -19,6 +19,7 @@ from pipeline.vectorize import (
     vectorize,
 )
 from tests.data import ORIGIN, UTM18
+from tests.helpers import run_fresh
 
 NODATA = 255
 PIXEL_AREA = 100.0  # 10 m x 10 m
@@ -583,18 +584,13 @@ def test_polygonize_block_nothing_kept() -> None:
 
 _WARM_UP_CHECK = """
 import json, sys
-import numba
 import numpy as np
 import rasterio
-from pipeline import kernels
 from pipeline.grid import blocks
 from pipeline.orchestrate import _vectorize_task
 from pipeline.vectorize import Cleanup, merge_blocks, warm_up
+from tests.helpers import loaded_kernels as loaded
 from tests.test_vectorize import _blobs, _conf, _utm_grid
-
-def loaded():
-    return {n: len(f.signatures) for n, f in vars(kernels).items()
-            if isinstance(f, numba.core.registry.CPUDispatcher) and f.signatures}
 
 warm_up()
 after_warm_up = loaded()
@@ -617,20 +613,7 @@ print(json.dumps({"warm": after_warm_up, "run": loaded(), "joined": len(joined)}
 
 def test_warm_up_loads_every_kernel_a_run_calls(tmp_path):
     # A fresh process: numba's loaded signatures are per process.
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [sys.executable, "-c", _WARM_UP_CHECK, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        check=True,
-    )
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_fresh(_WARM_UP_CHECK, str(tmp_path))
     assert result["joined"] > 0, "the blocks must have regions to join"
     assert set(result["warm"]) >= {"label_regions", "sieve_regions", "trace_polygons"}
     assert set(result["warm"]) >= {"region_stats", "join_pieces", "polygon_wkb"}

@@ -1,7 +1,7 @@
 """Running a workflow on a scene with Dask distributed: the only module that knows Dask.
 
-The client plans the run (grid, blocks), then submits the blocks as tasks, each a run of
-neighbouring blocks, costliest first (:func:`~pipeline.inference.schedule`). A task carries
+The client plans the run (grid, blocks), then hands the blocks out as tasks, each worker going
+down its own stretch of swaths (:class:`~pipeline.inference.Dispatcher`). A task carries
 small frozen value objects only (the scene references, the grid, the blocks); it reads its
 tiles, classifies them with the model its worker built once (:class:`ModelPlugin`), and returns
 each block's class and confidence arrays. The client writes each block into the output rasters
@@ -440,7 +440,10 @@ def run(
             dask_client(options.workers, options.scheduler) as client,
         ):
             times["cluster_start_s"] = time.perf_counter() - t0
-            n_workers = len(client.scheduler_info().get("workers", {}))
+            workers = {
+                address: int(info.get("nthreads", 1))
+                for address, info in client.scheduler_info().get("workers", {}).items()
+            }
             warmed = pool.submit(warm_up)
             overview = pool.submit(_preview_scene, scene, grid, model.bands)
             try:
@@ -458,7 +461,7 @@ def run(
                     cache,
                     seams_out,
                     converted,
-                    n_workers,
+                    workers,
                 )
             finally:
                 classes_out.close()
@@ -593,7 +596,7 @@ def run(
             "model_version": version_of_model,
             "execution": {
                 "scheduler": options.scheduler or "local",
-                "workers": n_workers,
+                "workers": len(workers),
                 "tiles": len(tiles),
                 "resumed_blocks": int(times.pop("resumed_blocks", 0)),
             },
@@ -743,16 +746,18 @@ def _classify(
     cache: BlockCache,
     seams_out: BlockRaster | None = None,
     converted: Path | None = None,
-    n_workers: int = 1,
+    workers: dict[str, int] | None = None,
 ) -> np.ndarray:
     """Classify every block on Dask, writing each result as it arrives; return class counts.
 
     Blocks a killed earlier run of the same configuration finished come from ``cache``;
     every block finished now is added to it before it is written. With ``seams_out``, the
     seam mask of every block is written there (see :class:`~pipeline.stitch.SeamTracker`);
-    a block from the cache brings no tile to compare. ``n_workers`` sizes the tasks
-    (:func:`~pipeline.inference.schedule`).
+    a block from the cache brings no tile to compare. ``workers`` (address: threads) are
+    handed their tasks by a :class:`~pipeline.inference.Dispatcher`: each goes down its own
+    stretch of the :func:`~pipeline.inference.sweep`.
     """
+    workers = workers or {}
     counts = np.zeros(256, dtype=np.int64)
     seams = None if seams_out is None else SeamTracker(grid, tiles, workflow.halo)
 
@@ -778,28 +783,50 @@ def _classify(
     client.register_plugin(plugin, name=name)
     times["model_setup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    from pipeline.inference import schedule
+    from pipeline.inference import Dispatcher, consecutive_batches, swath_columns, sweep
 
     batch_size = getattr(workflow.model, "batch_size", 1)
-    # Submitted in this order, so handed out in it (Dask queues tasks first come, first served).
-    groups = schedule(todo, n_workers, workflow.halo, batch_size)
-    futures = [
-        client.submit(
+    halo = workflow.halo
+    columns = swath_columns(workflow.tile_size)
+
+    def cost(group: tuple[Block, ...]) -> int:
+        return sum((b.height + 2 * halo) * (b.width + 2 * halo) for b in group)
+
+    tasks = consecutive_batches(sweep(todo, columns), batch_size)
+    dispatcher = Dispatcher(tasks, list(workers), cost)
+    running: dict[Any, str] = {}
+    finished = as_completed()
+
+    def submit(worker: str) -> None:
+        group = dispatcher.next(worker)
+        if group is None:
+            return
+        # Pinned to the worker whose stretch it is, but free to run elsewhere if that worker
+        # is lost.
+        where = {"workers": [worker], "allow_other_workers": True} if worker else {}
+        future = client.submit(
             _blocks_task,
             name,
             scene,
             before,
             grid,
             group,
-            workflow.halo,
+            halo,
             seams is not None,
             batch_size,
             key=f"geoseg-blocks-{name}-{scene.id}-{group[0].key}-n{len(group)}"
-            f"-h{workflow.halo}-{uuid.uuid4().hex[:6]}",
+            f"-h{halo}-{uuid.uuid4().hex[:6]}",
             pure=False,
+            **where,
         )
-        for group in groups
-    ]
+        running[future] = worker
+        finished.add(future)
+
+    # Each worker holds one task beyond those it runs, so it never waits for the client. With
+    # no worker known yet, every task goes out at once, in sweep order, to whoever takes it.
+    for worker, threads in (workers or {"": len(tasks)}).items():
+        for _ in range(threads + 1):
+            submit(worker)
     bar = tqdm(
         total=len(tiles),
         initial=len(tiles) - len(todo),
@@ -809,7 +836,8 @@ def _classify(
         leave=False,
     )
     try:
-        for future in as_completed(futures):
+        for future in finished:
+            submit(running.pop(future))
             for block, classes, confidence, window in future.result():
                 cache.put(block, classes, confidence)
                 classes_out.write(block, classes)
@@ -820,7 +848,7 @@ def _classify(
             future.release()
     finally:
         bar.close()
-        client.cancel(futures)
+        client.cancel(list(running))
         # The workers vectorize next: let them drop the network and the heap its forward
         # passes left, so the two stages' peaks do not add up in one process.
         client.unregister_worker_plugin(name)

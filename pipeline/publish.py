@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import xml.etree.ElementTree as ET
@@ -27,6 +28,7 @@ import rasterio
 import rasterio.shutil
 import shapely
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 
 from pipeline.grid import Block, Grid
 from pipeline.workflow import ClassDef
@@ -139,6 +141,8 @@ class BlockCache:
 #: Virginia forest run 6 % larger (878 against 829 kB) and copied 2.7× faster; at 4096² the
 #: copy took 0.12 s instead of 0.33 s.
 COG_DEFLATE_LEVEL = 1
+#: Block size of the output COGs, and the size below which they have no overviews.
+COG_BLOCK = 512
 
 
 class BlockRaster:
@@ -155,6 +159,7 @@ class BlockRaster:
     ) -> None:
         self.path = path
         self.dtype = dtype
+        self._width, self._height = grid.width, grid.height
         self._dst = rasterio.open(
             path,
             "w",
@@ -187,20 +192,41 @@ class BlockRaster:
         self._dst.close()
 
     def to_cog(self, dest: Path, overview_resampling: str) -> None:
-        """Close, then copy to a Cloud-Optimized GeoTIFF at ``dest``."""
+        """Close, then copy to a Cloud-Optimized GeoTIFF at ``dest``.
+
+        The overviews (halving until the smallest fits in one 512² block, the levels the COG
+        driver makes) are built in the uncompressed working file first, and the copy takes
+        them as they are. Left to the COG driver, they went through a compressed temporary
+        file: at 4096² the classes took 0.25 s to copy, against 0.02 s to build the overviews
+        and 0.10 s to copy; the confidence 0.34-0.45 s against 0.06 s and 0.20 s.
+        """
         self.close()
+        factors = overview_factors(self._width, self._height, COG_BLOCK)
+        if factors:
+            with rasterio.open(self.path, "r+") as work:
+                work.build_overviews(factors, Resampling[overview_resampling.lower()])
         rasterio.shutil.copy(
             self.path,
             dest,
             driver="COG",
             COMPRESS="DEFLATE",
             LEVEL=COG_DEFLATE_LEVEL,
-            BLOCKSIZE=512,
-            OVERVIEW_RESAMPLING=overview_resampling,
+            BLOCKSIZE=COG_BLOCK,
+            OVERVIEWS="FORCE_USE_EXISTING" if factors else "NONE",
             BIGTIFF="IF_SAFER",
             # The tiles are done when the COGs are copied: compress on every core.
             NUM_THREADS="ALL_CPUS",
         )
+
+
+def overview_factors(width: int, height: int, block: int) -> list[int]:
+    """Overview decimation factors of a COG: 2, 4, … until the overview fits in one block."""
+    factors: list[int] = []
+    factor = 1
+    while math.ceil(width / factor) > block or math.ceil(height / factor) > block:
+        factor *= 2
+        factors.append(factor)
+    return factors
 
 
 def _wkb(geometry: np.ndarray) -> np.ndarray:

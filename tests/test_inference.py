@@ -7,7 +7,15 @@ import torch
 from pipeline.bench.common import bench_grid
 from pipeline.errors import ModelError
 from pipeline.grid import Block, blocks
-from pipeline.inference import NODATA, predict_batch, predict_tile, schedule
+from pipeline.inference import (
+    NODATA,
+    Dispatcher,
+    consecutive_batches,
+    predict_batch,
+    predict_tile,
+    swath_columns,
+    sweep,
+)
 from pipeline.models import build_model
 from pipeline.models.base import SegmentationModel
 from pipeline.workflow import IndexModelConfig
@@ -188,50 +196,102 @@ def test_forest_model_tile() -> None:
     assert (confidence[valid] >= 90).all()
 
 
-# --- scheduling of classification tasks ------------------------------------------------------
+# --- order and hand-out of classification tasks ----------------------------------------------
 
 
-def _cost(group: tuple[Block, ...], halo: int) -> int:
+def _cost(group: tuple[Block, ...], halo: int = 32) -> int:
     return sum((b.height + 2 * halo) * (b.width + 2 * halo) for b in group)
 
 
-def _makespan(groups: list[tuple[Block, ...]], workers: int, halo: int) -> int:
-    """When the last worker finishes if each takes the next task as soon as it is free."""
-    loads = [0] * workers
-    for g in groups:
-        loads[loads.index(min(loads))] += _cost(g, halo)
-    return max(loads)
-
-
-@pytest.mark.parametrize(("size", "workers", "batch"), [(4096, 2, 1), (10980, 2, 1), (4096, 4, 2)])
-def test_schedule_covers_every_block_once_and_ends_evenly(size: int, workers: int, batch: int):
-    grid, halo = bench_grid(size), 32
+def test_sweep_goes_down_swaths_left_to_right():
+    grid = bench_grid(4096)  # 768 blocks: 6 columns, the last 256 wide
     tiles = blocks(grid, 768)
-    groups = schedule(tiles, workers, halo, batch)
-    flat = [b for g in groups for b in g]
-    assert sorted(flat, key=lambda b: b.key) == sorted(tiles, key=lambda b: b.key)
-    for g in groups:  # a task is a run of neighbours along one row
-        assert all(b.row_off == g[0].row_off for b in g)
-        assert all(b.col_off == a.col_off + a.width for a, b in zip(g, g[1:], strict=False))
-    # Handed out costliest first: the runs, then (one step up at most) the single batches,
-    # of which the last tasks are made.
-    costs = [_cost(g, halo) for g in groups]
-    assert sum(b > a for a, b in zip(costs, costs[1:], strict=False)) <= 1
-    for g in groups[-2 * workers :]:
-        assert len(g) <= batch and len({(b.height, b.width) for b in g}) == 1
-    # Workers that each take the next task when free end within a fifth of a tile of the
-    # average load (grid-order runs of 4: 0.27, 0.29 and 0.75 tiles over it in these cases).
-    total = sum(_cost(g, halo) for g in groups)
-    biggest_tile = (768 + 2 * halo) ** 2
-    assert _makespan(groups, workers, halo) <= total / workers + 0.2 * biggest_tile
+    order = sweep(tiles, 4)
+    assert sorted(order, key=lambda b: b.key) == sorted(tiles, key=lambda b: b.key)
+    first, second = order[:24], order[24:]
+    assert {b.col_off for b in first} == {0, 768, 1536, 2304}
+    assert {b.col_off for b in second} == {3072, 3840}
+    for swath in (first, second):  # top to bottom, each row left to right
+        assert swath == sorted(swath, key=lambda b: (b.row_off, b.col_off))
+    assert swath_columns(768) == 3 and swath_columns(4096) == 1
 
 
-def test_schedule_of_a_few_blocks_is_single_batches():
-    tiles = blocks(bench_grid(1000), 512)
-    groups = schedule(tiles, 2, 32)
-    assert [len(g) for g in groups] == [1, 1, 1, 1]
-    assert groups[0] == (Block(0, 0, 512, 512),)
-    assert schedule([], 2, 32) == []
+def test_consecutive_batches_keep_the_order_and_one_shape():
+    tiles = sweep(blocks(bench_grid(2000), 768), 4)  # 3 columns: 768, 768, 464 wide
+    groups = consecutive_batches(tiles, 2)
+    assert [b for g in groups for b in g] == tiles
+    assert all(len(g) <= 2 and len({(b.height, b.width) for b in g}) == 1 for g in groups)
+    assert [len(g) for g in groups[:2]] == [2, 1]  # a row: two full blocks, one narrow
+
+
+def _hand_out(
+    tasks: list[tuple[Block, ...]], speeds: dict[str, float], depth: int = 2
+) -> dict[str, list[tuple[float, tuple[Block, ...]]]]:
+    """Simulate workers of the given speeds taking tasks from a Dispatcher; (end, task) each."""
+    dispatcher = Dispatcher(tasks, list(speeds), _cost)
+    queue: dict[str, list[tuple[Block, ...]]] = {w: [] for w in speeds}
+    clock = dict.fromkeys(speeds, 0.0)
+    done: dict[str, list[tuple[float, tuple[Block, ...]]]] = {w: [] for w in speeds}
+    for w in speeds:
+        for _ in range(depth):
+            task = dispatcher.next(w)
+            if task is not None:
+                queue[w].append(task)
+    while any(queue.values()):
+        # The worker whose current task ends first finishes it and asks for the next.
+        w = min(
+            (w for w in speeds if queue[w]), key=lambda w: clock[w] + _cost(queue[w][0]) / speeds[w]
+        )
+        task = queue[w].pop(0)
+        clock[w] += _cost(task) / speeds[w]
+        done[w].append((clock[w], task))
+        following = dispatcher.next(w)
+        if following is not None:
+            queue[w].append(following)
+    assert len(dispatcher) == 0
+    return done
+
+
+@pytest.mark.parametrize(
+    ("size", "speeds"),
+    [
+        (4096, {"a": 1.0, "b": 1.0}),
+        (10980, {"a": 1.0, "b": 1.0}),
+        (10980, {"a": 1.0, "b": 0.8}),  # one worker 20 % slower
+        (10980, {"a": 1.0, "b": 1.1, "c": 0.9, "d": 1.0}),
+    ],
+)
+def test_dispatcher_hands_each_task_once_in_stretches_and_ends_evenly(size, speeds):
+    tiles = blocks(bench_grid(size), 768)
+    tasks = consecutive_batches(sweep(tiles, 4), 1)
+    done = _hand_out(tasks, speeds)
+    got = [t for runs in done.values() for _, t in runs]
+    assert sorted(got, key=lambda t: t[0].key) == sorted(tasks, key=lambda t: t[0].key)
+    # Each worker mostly takes the task after its previous one in sweep order: a jump only
+    # when it starts another stretch (its own, then halves it takes at the end).
+    index = {t: i for i, t in enumerate(tasks)}
+    for runs in done.values():
+        order = [index[t] for _, t in runs]
+        jumps = sum(b != a + 1 for a, b in zip(order, order[1:], strict=False))
+        assert jumps <= 2 + 2 * len(speeds), order
+    # All end within about one tile of each other, whatever their speeds.
+    ends = [runs[-1][0] for runs in done.values()]
+    tile = (768 + 64) ** 2 / min(speeds.values())
+    assert max(ends) - min(ends) <= 1.1 * tile
+
+
+def test_dispatcher_without_named_workers_hands_out_everything():
+    tasks = consecutive_batches(sweep(blocks(bench_grid(2000), 768), 4), 1)
+    dispatcher = Dispatcher(tasks, [], _cost)
+    assert [dispatcher.next("") for _ in tasks] == tasks
+    assert dispatcher.next("") is None
+    late = Dispatcher(tasks, ["a"], _cost)  # a worker that joins later takes the back half
+    cut = tasks.index(late.next("b"))
+    costs = [_cost(t) for t in tasks]
+    assert sum(costs[: cut - 1]) < sum(costs) / 2 <= sum(costs[:cut])
+    assert late.next("a") == tasks[0]
+    assert late.next("b") == tasks[cut + 1]
+    assert Dispatcher([], ["a"], _cost).next("a") is None
 
 
 _WARM_UP_CHECK = """

@@ -15,7 +15,14 @@ from PIL import Image
 from pipeline.catalog import Catalog, load_catalog
 from pipeline.errors import ConfigError, ModelError, SceneError
 from pipeline.grid import Block
-from pipeline.inference import NODATA, batches, predict_tile, process_block, process_blocks
+from pipeline.inference import (
+    NODATA,
+    consecutive_batches,
+    predict_tile,
+    process_block,
+    process_blocks,
+    sweep,
+)
 from pipeline.models import build_model
 from pipeline.orchestrate import (
     ModelPlugin,
@@ -279,7 +286,7 @@ def test_batched_blocks_match_single_blocks(synthetic_catalog, forest):
     from pipeline.grid import blocks
 
     tiles = blocks(grid, 24)  # 96x80: full 24x24 blocks and narrower ones on the right edge
-    groups = batches(tiles, 3)
+    groups = consecutive_batches(sweep(tiles, 2), 3)
     assert sorted(b for g in groups for b in g) == sorted(tiles)
     assert all(len(g) <= 3 and len({(b.height, b.width) for b in g}) == 1 for g in groups)
     for group in groups:

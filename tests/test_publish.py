@@ -10,6 +10,7 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
+import rasterio.shutil
 import shapely
 from rasterio.crs import CRS
 
@@ -19,6 +20,7 @@ from pipeline.publish import (
     BlockRaster,
     Staging,
     category_style_qml,
+    overview_factors,
     write_attributes,
     write_bytes,
     write_json,
@@ -180,6 +182,46 @@ def test_to_cog(tmp_path: Path, height: int, width: int) -> None:
             overviews = src.overviews(1)
             assert overviews and overviews[0] == 2
             assert src.block_shapes[0] == (512, 512)
+
+
+@pytest.mark.parametrize("resampling", ["NEAREST", "AVERAGE"])
+@pytest.mark.parametrize(("height", "width"), [(513, 300), (1100, 2100), (2048, 2048)])
+def test_cog_overviews_are_the_cog_drivers_own(tmp_path, resampling, height, width) -> None:
+    """Built in the working file, the overviews have the levels the COG driver gives when it
+    makes them itself, and its values where the sizes agree (ours round up, not down, so an
+    overview of an odd size is one pixel larger, on a slightly different pixel grid)."""
+    grid = _grid(height, width)
+    values = np.random.default_rng(height).integers(0, 101, (height, width)).astype(np.uint8)
+    values[:7, :9] = NODATA
+    raster = BlockRaster(tmp_path / "work.tif", grid, NODATA)
+    raster.write(Block(0, 0, height, width), values)
+    raster.close()
+    rasterio.shutil.copy(
+        tmp_path / "work.tif",
+        tmp_path / "driver.tif",
+        driver="COG",
+        BLOCKSIZE=512,
+        OVERVIEW_RESAMPLING=resampling,
+    )
+    raster = BlockRaster(tmp_path / "work.tif", grid, NODATA)
+    raster.write(Block(0, 0, height, width), values)
+    raster.to_cog(tmp_path / "ours.tif", resampling)
+    with (
+        rasterio.open(tmp_path / "driver.tif") as theirs,
+        rasterio.open(tmp_path / "ours.tif") as ours,
+    ):
+        assert ours.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert ours.overviews(1) == theirs.overviews(1) == overview_factors(width, height, 512)
+        np.testing.assert_array_equal(ours.read(1), values)
+    for level in range(len(overview_factors(width, height, 512))):
+        with (
+            rasterio.open(tmp_path / "driver.tif", overview_level=level) as theirs,
+            rasterio.open(tmp_path / "ours.tif", overview_level=level) as ours,
+        ):
+            a, b = theirs.read(1), ours.read(1)
+            assert b.shape[0] - a.shape[0] in (0, 1) and b.shape[1] - a.shape[1] in (0, 1)
+            if a.shape == b.shape:
+                np.testing.assert_array_equal(b, a)
 
 
 def test_to_cog_without_colormap(tmp_path: Path) -> None:

@@ -92,8 +92,18 @@ def _to_classes(scores: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def warm_up() -> None:
-    """Load this process's compiled scores kernel now (about 0.1 s), not at the first tile."""
+    """Load this process's compiled kernels of a tile now, not at the first tile.
+
+    The scores kernel, and the reflectance kernel for uint16 bands (Sentinel-2's and Landsat's
+    type; another type loads its own at its first read).
+    """
+    from pipeline.kernels import to_reflectance
+
     _to_classes(np.zeros((1, 2, 1, 1), dtype=np.float32), np.ones((1, 1, 1), dtype=bool))
+    one = np.ones((1, 1), dtype=bool)
+    to_reflectance(
+        np.ones((1, 1), np.uint16), 0.0, True, 1.0, 0.0, np.empty((1, 1), np.float32), one
+    )
 
 
 def _classify_torch(

@@ -309,6 +309,14 @@ valid = np.stack([_tile(20, 30, seed=s)[1] for s in range(3)])
 predict_batch(model, data, valid)
 valid[1] = False  # a batch with an empty tile takes the others apart
 predict_batch(model, data[:, :, ::-1], valid)  # and an input that is not C-contiguous
+from pipeline.bench.scenes import write_scene
+from pipeline.catalog import BandSource, Scene
+from pipeline.reading import read_window, scene_grid
+from rasterio.windows import Window
+import tempfile, pathlib
+path = write_scene(pathlib.Path(tempfile.mkdtemp()) / "s.tif", 300, ("red", "nir"))
+scene = Scene("s", (BandSource("red", str(path), 1), BandSource("nir", str(path), 2)))
+read_window(scene, ("red", "nir"), scene_grid(scene, ("red", "nir")), Window(10, 20, 100, 90))
 print(json.dumps({"warm": after_warm_up, "run": loaded()}))
 """
 
@@ -316,5 +324,5 @@ print(json.dumps({"warm": after_warm_up, "run": loaded()}))
 def test_warm_up_loads_the_kernel_a_forward_pass_calls():
     # A fresh process: numba's loaded signatures are per process.
     result = run_fresh(_WARM_UP_CHECK)
-    assert result["warm"] == {"scores_to_classes": 1}
+    assert result["warm"] == {"scores_to_classes": 1, "to_reflectance": 1}
     assert result["run"] == result["warm"]

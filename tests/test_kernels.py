@@ -51,6 +51,35 @@ def _reference_labels(classes: np.ndarray, keep: list[int]) -> np.ndarray:
     return labels
 
 
+@pytest.mark.parametrize(
+    ("dtype", "nodata"),
+    [("uint16", 0.0), ("uint8", 255.0), ("int16", -9999.0), ("float32", -1.5), ("float64", None)],
+)
+def test_to_reflectance_is_numpys_scaling_and_masks(dtype: str, nodata: float | None) -> None:
+    rng = np.random.default_rng(7)
+    kind = np.dtype(dtype).kind
+    if kind == "f":
+        values = rng.normal(0, 3000, (30, 40)).astype(dtype)
+        values[0, :3] = [np.nan, np.inf, -np.inf]
+    else:
+        info = np.iinfo(dtype)
+        values = rng.integers(max(info.min, -3000), min(info.max, 3000), (30, 40)).astype(dtype)
+    if nodata is not None:
+        values[5, 5:9] = nodata
+    out = np.full(values.shape, -7.0, np.float32)
+    valid = np.ones(values.shape, bool)
+    valid[29, 39] = False  # a pixel another band already marked stays invalid
+    kernels.to_reflectance(
+        values, 0.0 if nodata is None else nodata, nodata is not None, 1e-4, -0.1, out, valid
+    )
+    expected = values.astype(np.float32) * np.float32(1e-4) + np.float32(-0.1)
+    np.testing.assert_array_equal(out, expected)
+    ok = np.isfinite(values) & (values != nodata if nodata is not None else True)
+    ok[29, 39] = False
+    np.testing.assert_array_equal(valid, ok)
+    assert not valid[5, 5:9].any() or nodata is None
+
+
 @pytest.mark.parametrize("k", [2, 3, 6])
 def test_scores_to_classes_is_argmax_and_rounded_softmax(k: int) -> None:
     rng = np.random.default_rng(k)

@@ -642,3 +642,16 @@ def test_file_sha256(tmp_path: Path):
     data = bytes(range(256)) * 5000  # several read chunks
     path.write_bytes(data)
     assert file_sha256(str(path)) == hashlib.sha256(data).hexdigest()
+
+
+def test_file_sha256_follows_a_rewritten_file(tmp_path: Path):
+    import hashlib
+    import os
+
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(b"first")
+    assert file_sha256(str(path)) == hashlib.sha256(b"first").hexdigest()
+    path.write_bytes(b"other")  # same size: a new modification time tells it apart
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert file_sha256(str(path)) == hashlib.sha256(b"other").hexdigest()

@@ -126,12 +126,7 @@ def _classify_torch(
 
 
 def read_tile(
-    bands: tuple[str, ...],
-    scene: Scene,
-    before: Scene | None,
-    grid: Grid,
-    block: Block,
-    halo: int,
+    bands: tuple[str, ...], scene: Scene, before: Scene | None, grid: Grid, block: Block, halo: int
 ) -> tuple[np.ndarray, np.ndarray, Window, Padding]:
     """Read one block's tile (the block with its halo, reflect-padded at the grid's edges)."""
     read, pad = tile_window(grid, block, halo)
@@ -247,6 +242,18 @@ def consecutive_batches(order: list[Block], size: int) -> list[tuple[Block, ...]
     return out
 
 
+def tile_pixels(group: tuple[Block, ...], halo: int) -> int:
+    """Pixels the forward passes of ``group`` take in (halos included): a task's cost."""
+    return sum((b.height + 2 * halo) * (b.width + 2 * halo) for b in group)
+
+
+def classification_tasks(
+    tiles: list[Block], tile_size: int, batch_size: int
+) -> list[tuple[Block, ...]]:
+    """The model stage's tasks in reading order: :func:`sweep`, :func:`consecutive_batches`."""
+    return consecutive_batches(sweep(tiles, swath_columns(tile_size)), batch_size)
+
+
 Task = TypeVar("Task")
 
 
@@ -265,9 +272,8 @@ class Dispatcher(Generic[Task]):
         self, tasks: Sequence[Task], workers: Sequence[str], cost: Callable[[Task], float]
     ) -> None:
         self._cost = cost
-        self._left: dict[str, deque[Task]] = {w: deque() for w in workers}
         names = list(workers) or [""]
-        self._left.setdefault(names[0], deque())
+        self._left: dict[str, deque[Task]] = {w: deque() for w in names}
         total = sum(cost(t) for t in tasks)
         spent = 0.0
         for t in tasks:

@@ -497,8 +497,8 @@ def run(
             )
             # The workers polygonize the working rasters while the client copies them to
             # COGs, and a thread prepares the preview's picture while the polygons come in:
-            # one after the other, the stages after the tiles took 2.1 s at 4096², now 0.7–0.8 s
-            # (with the thread's earlier work and the faster compression; see BENCHMARKS.md).
+            # one after the other, the stages after the tiles took 2.1 s at 4096², now about
+            # 0.5 s (with the thread's earlier work and the faster COGs; see BENCHMARKS.md).
             # The two copies run side by side (GDAL releases the GIL): 0.61 s one after the
             # other at 4096², 0.41 s together (measured before their overviews were built in
             # the working files).
@@ -784,17 +784,12 @@ def _classify(
     client.register_plugin(plugin, name=name)
     times["model_setup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    from pipeline.inference import Dispatcher, consecutive_batches, swath_columns, sweep
+    from pipeline.inference import Dispatcher, classification_tasks, tile_pixels
 
     batch_size = getattr(workflow.model, "batch_size", 1)
     halo = workflow.halo
-    columns = swath_columns(workflow.tile_size)
-
-    def cost(group: tuple[Block, ...]) -> int:
-        return sum((b.height + 2 * halo) * (b.width + 2 * halo) for b in group)
-
-    tasks = consecutive_batches(sweep(todo, columns), batch_size)
-    dispatcher = Dispatcher(tasks, list(workers), cost)
+    tasks = classification_tasks(todo, workflow.tile_size, batch_size)
+    dispatcher = Dispatcher(tasks, list(workers), lambda group: tile_pixels(group, halo))
     running: dict[Any, str] = {}
     finished = as_completed()
 

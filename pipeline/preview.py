@@ -49,7 +49,7 @@ _TITLE_PX = 78
 _MARGIN_PX = 16
 #: Text sizes in pixels: title, subtitle, legend title, legend and scale bar labels.
 _TITLE_FONT, _SUBTITLE_FONT, _LEGEND_TITLE_FONT, _LABEL_FONT = 24, 14, 15, 14
-_EDGE = (51, 51, 51)
+_EDGE = "#333333"
 
 
 def preview_bands(available: Sequence[str], model_bands: Sequence[str]) -> tuple[str, ...]:
@@ -173,9 +173,9 @@ def render_preview(
     if subtitle:
         draw.text((_MARGIN_PX, 46), subtitle, fill="#444444", font=_font(_SUBTITLE_FONT))
 
-    entries = [(c.rgb, (labels or {}).get(c.value, c.name)) for c in class_defs if c.vectorize]
+    entries = [(c.colour, (labels or {}).get(c.value, c.name)) for c in class_defs if c.vectorize]
     if not valid.all():
-        entries.append((_hex_rgb(NODATA_COLOUR), "no data"))
+        entries.append((NODATA_COLOUR, "no data"))
     _legend(draw, _MARGIN_PX + disp_w + 12, _TITLE_PX, entries)
 
     # Encoded at zlib level 3: on a textured 1000² scene level 6 (the default) took 0.31 s
@@ -187,10 +187,6 @@ def render_preview(
     info.add_text("Software", "geoseg")
     out_image.save(out, format="PNG", pnginfo=info, compress_level=PNG_LEVEL)
     return out.getvalue()
-
-
-def _hex_rgb(colour: str) -> tuple[int, int, int]:
-    return (int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16))
 
 
 @functools.cache
@@ -205,15 +201,13 @@ def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.I
     return ImageFont.load_default(size)
 
 
-def _legend(
-    draw: ImageDraw.ImageDraw, x: int, y: int, entries: list[tuple[tuple[int, int, int], str]]
-) -> None:
-    """The legend at (x, y): its title, then a colour swatch and a label per entry."""
+def _legend(draw: ImageDraw.ImageDraw, x: int, y: int, entries: list[tuple[str, str]]) -> None:
+    """The legend at (x, y): its title, then a swatch (``#rrggbb``) and a label per entry."""
     draw.text((x, y), "classes", fill="black", font=_font(_LEGEND_TITLE_FONT))
     y += 30
     font = _font(_LABEL_FONT)
-    for rgb, label in entries:
-        draw.rectangle((x, y, x + 22, y + 17), fill=rgb, outline=_EDGE)
+    for colour, label in entries:
+        draw.rectangle((x, y, x + 22, y + 17), fill=colour, outline=_EDGE)
         bottom = draw.multiline_textbbox((x + 32, y), label, font=font, spacing=4)[3]
         draw.multiline_text((x + 32, y), label, fill="black", font=font, spacing=4)
         y += max(17, math.ceil(bottom) - y) + 12

@@ -10,11 +10,13 @@ from pipeline.grid import Block, blocks
 from pipeline.inference import (
     NODATA,
     Dispatcher,
+    classification_tasks,
     consecutive_batches,
     predict_batch,
     predict_tile,
     swath_columns,
     sweep,
+    tile_pixels,
 )
 from pipeline.models import build_model
 from pipeline.models.base import SegmentationModel
@@ -199,8 +201,8 @@ def test_forest_model_tile() -> None:
 # --- order and hand-out of classification tasks ----------------------------------------------
 
 
-def _cost(group: tuple[Block, ...], halo: int = 32) -> int:
-    return sum((b.height + 2 * halo) * (b.width + 2 * halo) for b in group)
+def _cost(group: tuple[Block, ...]) -> int:
+    return tile_pixels(group, 32)
 
 
 def test_sweep_goes_down_swaths_left_to_right():
@@ -263,7 +265,7 @@ def _hand_out(
 )
 def test_dispatcher_hands_each_task_once_in_stretches_and_ends_evenly(size, speeds):
     tiles = blocks(bench_grid(size), 768)
-    tasks = consecutive_batches(sweep(tiles, 4), 1)
+    tasks = classification_tasks(tiles, 768, 1)  # the run's own: swaths of 3 blocks
     done = _hand_out(tasks, speeds)
     got = [t for runs in done.values() for _, t in runs]
     assert sorted(got, key=lambda t: t[0].key) == sorted(tasks, key=lambda t: t[0].key)

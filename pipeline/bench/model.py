@@ -216,7 +216,7 @@ def run_convert(workflow_json: str) -> dict[str, Any]:
 
 def run_model_only(workflow_json: str, size: str, workers: str) -> dict[str, Any]:
     """Forward passes alone over the pipeline's input tiles, in ``workers`` processes at once."""
-    from pipeline.inference import consecutive_batches, swath_columns, sweep
+    from pipeline.inference import classification_tasks
 
     workflow = _load(workflow_json)
     grid = bench_grid(int(size))
@@ -227,9 +227,11 @@ def run_model_only(workflow_json: str, size: str, workers: str) -> dict[str, Any
     if card is not None:
         channels = card.in_channels
     halo = workflow.halo
-    # The pipeline's batches: neighbours of one shape in its reading order.
-    order = sweep(blocks(grid, workflow.tile_size), swath_columns(workflow.tile_size))
-    groups = consecutive_batches(order, getattr(workflow.model, "batch_size", 1))
+    groups = classification_tasks(
+        blocks(grid, workflow.tile_size),
+        workflow.tile_size,
+        getattr(workflow.model, "batch_size", 1),
+    )
     shapes = [(len(g), channels, g[0].height + 2 * halo, g[0].width + 2 * halo) for g in groups]
     shares = [s for s in (shapes[i :: int(workers)] for i in range(int(workers))) if s]
     ctx = mp.get_context("spawn")

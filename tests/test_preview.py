@@ -19,6 +19,7 @@ from pipeline.preview import (
     compose,
     format_length,
     ground_size_m,
+    muted_scene,
     nice_length,
     overview_shape,
     preview_bands,
@@ -148,6 +149,27 @@ def test_compose_of_one_band_is_grey_under_the_classes():
     grey = out[5:]
     assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
     assert (out[:5, :, 2] > out[:5, :, 1]).all()  # purple over grey
+
+
+@pytest.mark.parametrize("bands", [3, 1])
+def test_compose_over_a_muted_scene_made_beforehand_is_the_same(bands):
+    """A run mutes the scene while the tiles run and blends the classes in once they exist."""
+    rng = np.random.default_rng(1)
+    image = rng.random((bands, 40, 50)).astype(np.float32)
+    valid = rng.random((40, 50)) > 0.1
+    classes = rng.integers(0, len(FIRE), (40, 50)).astype(np.uint8)
+    classes[rng.random((40, 50)) > 0.8] = 255
+    classes[~valid & (rng.random((40, 50)) > 0.5)] = 6  # a class where the scene has no data
+    muted = muted_scene(image, valid)
+    assert muted.shape == (40, 50, 3)
+    out = compose(image, valid, classes, FIRE, muted)
+    assert np.array_equal(out, compose(image, valid, classes, FIRE))
+    nodata = tuple(int(NODATA_COLOUR[i : i + 2], 16) for i in (1, 3, 5))
+    assert (out[~valid] == nodata).all()
+    plain = np.round(muted * 255).astype(np.uint8)
+    unburned, high = valid & (classes == 2), valid & (classes == 6)  # 2 is not vectorized
+    assert (out[unburned] == plain[unburned]).all()
+    assert (out[high] != plain[high]).any(axis=1).all()
 
 
 def test_render_preview_png(tmp_path: Path):

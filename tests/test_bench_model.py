@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipeline.bench.model import bench_workflow, write_random_unet
+from pipeline.bench.model import balanced_shares, bench_grid, bench_workflow, write_random_unet
 from pipeline.bench.scenes import SCENE_BANDS, write_scene
 from pipeline.cli import main
+from pipeline.grid import blocks
+from pipeline.inference import classification_tasks
 from pipeline.models import build_model
 
 
@@ -39,6 +41,19 @@ def test_random_unet_checkpoint_builds_the_bench_workflow(tmp_path: Path) -> Non
     assert [c.vectorize for c in workflow.classes] == [False, True]
     model = build_model(workflow.model, workflow.classes)
     assert model.bands == ("red", "nir", "swir16") and model.num_classes == 2
+
+
+@pytest.mark.parametrize("size", [2744, 4096, 10980])
+def test_model_only_shares_are_as_even_as_the_tiles_allow(size: int) -> None:
+    """The model-only limit is its slowest process: each gets half the pixels, within a tile."""
+    groups = classification_tasks(blocks(bench_grid(size), 768), 768, 1)
+    shapes = [(len(g), 6, g[0].height + 64, g[0].width + 64) for g in groups]
+    shares = balanced_shares(shapes, 2)
+    assert sorted(x for share in shares for x in share) == sorted(shapes)
+    pixels = [sum(n * h * w for n, _, h, w in share) for share in shares]
+    largest = max(n * h * w for n, _, h, w in shapes)
+    assert abs(pixels[0] - pixels[1]) <= largest
+    assert max(pixels) / (sum(pixels) / 2) < 1.013
 
 
 @pytest.mark.slow

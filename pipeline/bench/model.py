@@ -214,6 +214,24 @@ def run_convert(workflow_json: str) -> dict[str, Any]:
     return {"convert_s": time.perf_counter() - t0}
 
 
+def balanced_shares(
+    shapes: list[tuple[int, int, int, int]], parts: int
+) -> list[list[tuple[int, int, int, int]]]:
+    """``shapes`` split into ``parts`` lists of near-equal pixels (largest first to the lightest).
+
+    The model-only limit is the slowest process's time, so its shares must be as even as the
+    pipeline's: dealt out in turn, at 4096² the heavier of two held 2.9 % more than half the
+    pixels (0.3 % this way) and the limit came out about 2.5 % slower than it is.
+    """
+    shares: list[list[tuple[int, int, int, int]]] = [[] for _ in range(parts)]
+    load = [0] * parts
+    for shape in sorted(shapes, key=lambda s: -s[0] * s[2] * s[3]):
+        lightest = load.index(min(load))
+        shares[lightest].append(shape)
+        load[lightest] += shape[0] * shape[2] * shape[3]
+    return shares
+
+
 def run_model_only(workflow_json: str, size: str, workers: str) -> dict[str, Any]:
     """Forward passes alone over the pipeline's input tiles, in ``workers`` processes at once."""
     from pipeline.inference import classification_tasks
@@ -233,7 +251,7 @@ def run_model_only(workflow_json: str, size: str, workers: str) -> dict[str, Any
         getattr(workflow.model, "batch_size", 1),
     )
     shapes = [(len(g), channels, g[0].height + 2 * halo, g[0].width + 2 * halo) for g in groups]
-    shares = [s for s in (shapes[i :: int(workers)] for i in range(int(workers))) if s]
+    shares = [s for s in balanced_shares(shapes, int(workers)) if s]
     ctx = mp.get_context("spawn")
     start = ctx.Barrier(len(shares))
     out = ctx.Queue()

@@ -19,6 +19,8 @@ import logging
 import os
 import platform
 import shutil
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -107,6 +109,9 @@ QUIET_MONITORS = {
     "distributed.admin.system-monitor.interval": "5s",
     "distributed.worker.memory.monitor-interval": "1s",
 }
+
+#: How much lower than the rest of the client the COG copies run after the tiles (a nice step).
+COPY_NICENESS = 10
 
 #: Edge of the central sample whose values :func:`check_scene_against_card` checks.
 _SAMPLE_PX = 512
@@ -711,9 +716,30 @@ def _preview_picture(
 
 
 def _copy_to_cog(raster: BlockRaster, dest: Path, resampling: str) -> float:
-    """Copy ``raster`` to a COG at ``dest``; return when it was done (``time.perf_counter``)."""
+    """Copy ``raster`` to a COG at ``dest``; return when it was done (``time.perf_counter``).
+
+    The copy runs at a lower CPU priority (:func:`lower_thread_priority`): nothing waits for
+    it until the end, while the polygons and then the preview's render wait on the workers'
+    polygon tasks, with which it would otherwise share the cores as an equal.
+    """
+    lower_thread_priority()
     raster.to_cog(dest, resampling)
     return time.perf_counter()
+
+
+def lower_thread_priority(step: int = COPY_NICENESS) -> None:
+    """Raise the calling thread's nice value by ``step`` (Linux, where nice is per thread).
+
+    Elsewhere the nice value belongs to the whole process, so nothing is changed. Threads the
+    thread starts from then on (GDAL's compression threads among them) inherit it.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + step)
+    except OSError:  # not allowed here: the copy runs at the usual priority
+        pass
 
 
 def _timed(work: Callable[[], _T]) -> tuple[_T, float]:

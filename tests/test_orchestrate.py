@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import time
 
 import numpy as np
@@ -29,6 +30,7 @@ from pipeline.orchestrate import (
     RunOptions,
     _blocks_task,
     dask_client,
+    lower_thread_priority,
     model_version,
     plan,
     plugin_name,
@@ -377,6 +379,32 @@ def test_local_cluster_workers_sample_quietly():
         samples = client.profile()["count"]
     assert list(settings.values()) == [QUIET_MONITORS]
     assert samples == 0  # 0.3 s of Python work: 27 samples with Dask's defaults
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice is per thread on Linux")
+def test_lower_thread_priority_lowers_that_thread_only():
+    """The COG copies yield the cores to the polygons; the rest of the client keeps its turn."""
+    import os
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def lowered() -> tuple[int, int, int]:
+        before = nice()
+        lower_thread_priority(5)
+        child: list[int] = []
+        thread = threading.Thread(target=lambda: child.append(nice()))
+        thread.start()
+        thread.join()
+        return before, nice(), child[0]
+
+    main = nice()
+    with ThreadPoolExecutor(1) as pool:
+        before, after, child = pool.submit(lowered).result()
+    assert after == min(before + 5, 19) and child == after  # threads it starts inherit it
+    assert nice() == main
 
 
 def _expected_instances(classes: np.ndarray, keep: list[int]) -> np.ndarray:

@@ -481,6 +481,11 @@ def run(
                 conf_out.close()
                 if seams_out is not None:
                     seams_out.close()
+            # The COG copies run in threads of their own, whose allocations glibc serves from
+            # fresh arenas: without this the main arena kept what the tiles stage freed (GDAL's
+            # block cache of the working rasters, the results) and the copies added theirs, a
+            # client peak of 0.62 GB at 10980² instead of 0.51 GB.
+            release_memory()
             t0 = time.perf_counter()
             shown = [c for c in workflow.classes if c.vectorize]
             gpkg = staging.path("polygons.gpkg")

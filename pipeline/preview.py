@@ -50,6 +50,7 @@ _MARGIN_PX = 16
 #: Text sizes in pixels: title, subtitle, legend title, legend and scale bar labels.
 _TITLE_FONT, _SUBTITLE_FONT, _LEGEND_TITLE_FONT, _LABEL_FONT = 24, 14, 15, 14
 _EDGE = "#333333"
+_COMPOSE_ROWS = 128
 _NODATA_RGB = [int(NODATA_COLOUR[i : i + 2], 16) / 255 for i in (1, 3, 5)]
 
 
@@ -112,9 +113,12 @@ def muted_scene(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
     and kept at :data:`BASE_SATURATION`; pixels without data are :data:`NODATA_COLOUR`. It needs
     no classes, so a run makes it while the tiles are still being classified.
     """
-    stretched = stretch(image, valid)
-    grey = stretched.mean(axis=2, keepdims=True)
-    base = grey + BASE_SATURATION * (stretched - grey)
+    base = stretch(image, valid)
+    grey = base.mean(axis=2, keepdims=True)
+    # grey + BASE_SATURATION × (base − grey), computed in place: no 12 MB temporaries at 1000².
+    base -= grey
+    base *= BASE_SATURATION
+    base += grey
     if base.shape[2] == 1:
         base = np.repeat(base, 3, axis=2)
     base[~valid] = _NODATA_RGB
@@ -142,11 +146,19 @@ def compose(
         if c.vectorize:
             colour[c.value] = [v / 255 for v in c.rgb]
             alpha[c.value] = OVERLAY_ALPHA
-    out = np.round(base * 255).astype(np.uint8)
-    shown = (alpha[classes] > 0) & valid
-    drawn = classes[shown]
-    a = alpha[drawn][:, None]
-    out[shown] = np.round(((1 - a) * base[shown] + a * colour[drawn]) * 255).astype(np.uint8)
+    out = np.empty(base.shape, dtype=np.uint8)
+    # By bands of rows, so that the temporaries stay small (the client composes this while
+    # its COG copies run): 2 MB at a time instead of 60 MB at 1000².
+    for top in range(0, base.shape[0], _COMPOSE_ROWS):
+        rows = slice(top, top + _COMPOSE_ROWS)
+        muted_rows, class_rows = base[rows], classes[rows]
+        part = np.round(muted_rows * 255).astype(np.uint8)
+        shown = (alpha[class_rows] > 0) & valid[rows]
+        drawn = class_rows[shown]
+        a = alpha[drawn][:, None]
+        blend = (1 - a) * muted_rows[shown] + a * colour[drawn]
+        part[shown] = np.round(blend * 255).astype(np.uint8)
+        out[rows] = part
     return out
 
 

@@ -16,11 +16,13 @@ from rasterio.crs import CRS
 
 from pipeline.grid import Block, Grid, blocks
 from pipeline.publish import (
+    COPY_CACHE_BYTES,
     GPKG_VERSION,
     BlockRaster,
     Staging,
     category_style_qml,
     overview_factors,
+    small_block_cache,
     write_attributes,
     write_bytes,
     write_json,
@@ -236,6 +238,45 @@ def test_to_cog_without_colormap(tmp_path: Path) -> None:
         np.testing.assert_array_equal(src.read(1), values)
         with pytest.raises(ValueError):
             src.colormap(1)
+
+
+def test_cog_copies_in_threads_share_a_small_block_cache_then_restore_it(tmp_path: Path) -> None:
+    """Copies read each block once: while any runs, GDAL's cache is small; after, as it was."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rasterio.env import get_gdal_config, set_gdal_config
+
+    before = int(get_gdal_config("GDAL_CACHEMAX"))
+    set_gdal_config("GDAL_CACHEMAX", 64 * 2**20)
+    try:
+        first_in, second_in = threading.Event(), threading.Event()
+        seen: list[int] = []
+
+        def copy(started: threading.Event, wait_for: threading.Event) -> None:
+            with small_block_cache():
+                started.set()
+                wait_for.wait(5)
+                seen.append(int(get_gdal_config("GDAL_CACHEMAX")))
+
+        released = threading.Event()
+        with ThreadPoolExecutor(2) as pool:
+            one = pool.submit(copy, first_in, second_in)  # ends only once the other is in
+            two = pool.submit(copy, second_in, released)
+            one.result()
+            seen.append(int(get_gdal_config("GDAL_CACHEMAX")))  # the second still copies
+            released.set()
+            two.result()
+        assert seen == [COPY_CACHE_BYTES] * 3
+        assert int(get_gdal_config("GDAL_CACHEMAX")) == 64 * 2**20
+
+        grid = _grid(600, 700)
+        raster = BlockRaster(tmp_path / "work.tif", grid, NODATA)
+        raster.write(Block(0, 0, 600, 700), np.ones((600, 700), np.uint8))
+        raster.to_cog(tmp_path / "out.tif", "NEAREST")
+        assert int(get_gdal_config("GDAL_CACHEMAX")) == 64 * 2**20
+    finally:
+        set_gdal_config("GDAL_CACHEMAX", before)
 
 
 # --- write_polygons -------------------------------------------------------------------------

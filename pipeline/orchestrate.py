@@ -486,7 +486,6 @@ def run(
             # block cache of the working rasters, the results) and the copies added theirs, a
             # client peak of 0.62 GB at 10980² instead of 0.51 GB.
             release_memory()
-            t0 = time.perf_counter()
             shown = [c for c in workflow.classes if c.vectorize]
             gpkg = staging.path("polygons.gpkg")
             writer = PolygonWriter(

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageColor, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from pipeline.grid import Grid, ground_size_m
@@ -51,7 +51,7 @@ _MARGIN_PX = 16
 _TITLE_FONT, _SUBTITLE_FONT, _LEGEND_TITLE_FONT, _LABEL_FONT = 24, 14, 15, 14
 _EDGE = "#333333"
 _COMPOSE_ROWS = 128
-_NODATA_RGB = [int(NODATA_COLOUR[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+_NODATA_RGB = [v / 255 for v in ImageColor.getrgb(NODATA_COLOUR)]
 
 
 def preview_bands(available: Sequence[str], model_bands: Sequence[str]) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ from pipeline.bench.model import balanced_shares, bench_grid, bench_workflow, wr
 from pipeline.bench.scenes import SCENE_BANDS, write_scene
 from pipeline.cli import main
 from pipeline.grid import blocks
-from pipeline.inference import classification_tasks
+from pipeline.inference import classification_tasks, tile_pixels
 from pipeline.models import build_model
 
 
@@ -47,11 +47,10 @@ def test_random_unet_checkpoint_builds_the_bench_workflow(tmp_path: Path) -> Non
 def test_model_only_shares_are_as_even_as_the_tiles_allow(size: int) -> None:
     """The model-only limit is its slowest process: each gets half the pixels, within a tile."""
     groups = classification_tasks(blocks(bench_grid(size), 768), 768, 1)
-    shapes = [(len(g), 6, g[0].height + 64, g[0].width + 64) for g in groups]
-    shares = balanced_shares(shapes, 2)
-    assert sorted(x for share in shares for x in share) == sorted(shapes)
-    pixels = [sum(n * h * w for n, _, h, w in share) for share in shares]
-    largest = max(n * h * w for n, _, h, w in shapes)
+    shares = balanced_shares(groups, 2, lambda g: tile_pixels(g, 32))
+    assert sorted(x for share in shares for x in share) == sorted(groups)
+    pixels = [sum(tile_pixels(g, 32) for g in share) for share in shares]
+    largest = max(tile_pixels(g, 32) for g in groups)
     assert abs(pixels[0] - pixels[1]) <= largest
     assert max(pixels) / (sum(pixels) / 2) < 1.013
 

@@ -23,8 +23,9 @@ import json
 import multiprocessing as mp
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import yaml
@@ -34,6 +35,8 @@ from pipeline.bench.scenes import SCENE_BANDS, write_scene
 from pipeline.errors import ConfigError
 from pipeline.grid import Block, blocks
 from pipeline.workflow import ClassDef, CleanupConfig, TorchGeoModelConfig, Workflow, uses_openvino
+
+Task = TypeVar("Task")
 
 #: The pipeline's tiling in the benchmark: 768 blocks with a 32 px halo (832² inputs, a
 #: multiple of 32). With 1088² inputs (1024 blocks) the U-Net's forward pass alone takes
@@ -215,26 +218,26 @@ def run_convert(workflow_json: str) -> dict[str, Any]:
 
 
 def balanced_shares(
-    shapes: list[tuple[int, int, int, int]], parts: int
-) -> list[list[tuple[int, int, int, int]]]:
-    """``shapes`` split into ``parts`` lists of near-equal pixels (largest first to the lightest).
+    tasks: list[Task], parts: int, cost: Callable[[Task], float]
+) -> list[list[Task]]:
+    """``tasks`` split into ``parts`` lists of near-equal ``cost`` (largest first to the lightest).
 
     The model-only limit is the slowest process's time, so its shares must be as even as the
     pipeline's: dealt out in turn, at 4096² the heavier of two held 2.9 % more than half the
     pixels (0.3 % this way) and the limit came out about 2.5 % slower than it is.
     """
-    shares: list[list[tuple[int, int, int, int]]] = [[] for _ in range(parts)]
-    load = [0] * parts
-    for shape in sorted(shapes, key=lambda s: -s[0] * s[2] * s[3]):
+    shares: list[list[Task]] = [[] for _ in range(parts)]
+    load = [0.0] * parts
+    for task in sorted(tasks, key=cost, reverse=True):
         lightest = load.index(min(load))
-        shares[lightest].append(shape)
-        load[lightest] += shape[0] * shape[2] * shape[3]
+        shares[lightest].append(task)
+        load[lightest] += cost(task)
     return shares
 
 
 def run_model_only(workflow_json: str, size: str, workers: str) -> dict[str, Any]:
     """Forward passes alone over the pipeline's input tiles, in ``workers`` processes at once."""
-    from pipeline.inference import classification_tasks
+    from pipeline.inference import classification_tasks, tile_pixels
 
     workflow = _load(workflow_json)
     grid = bench_grid(int(size))
@@ -250,8 +253,11 @@ def run_model_only(workflow_json: str, size: str, workers: str) -> dict[str, Any
         workflow.tile_size,
         getattr(workflow.model, "batch_size", 1),
     )
-    shapes = [(len(g), channels, g[0].height + 2 * halo, g[0].width + 2 * halo) for g in groups]
-    shares = [s for s in balanced_shares(shapes, int(workers)) if s]
+    shares = [
+        [(len(g), channels, g[0].height + 2 * halo, g[0].width + 2 * halo) for g in share]
+        for share in balanced_shares(groups, int(workers), lambda g: tile_pixels(g, halo))
+        if share
+    ]
     ctx = mp.get_context("spawn")
     start = ctx.Barrier(len(shares))
     out = ctx.Queue()
@@ -267,8 +273,8 @@ def run_model_only(workflow_json: str, size: str, workers: str) -> dict[str, Any
     return {
         "model_only_s": max(r[0] for r in results),
         "model_only_peak_rss_mb": max(r[1] for r in results),
-        "tiles": len(shapes),
-        "input_mpx": sum(s[0] * s[2] * s[3] for s in shapes) / 1e6,
+        "tiles": len(groups),
+        "input_mpx": sum(tile_pixels(g, halo) for g in groups) / 1e6,
     }
 
 

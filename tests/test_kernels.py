@@ -80,6 +80,16 @@ def test_to_reflectance_is_numpys_scaling_and_masks(dtype: str, nodata: float | 
     assert not valid[5, 5:9].any() or nodata is None
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (768, 768), (3, 0)])
+def test_count_values_equals_bincount(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(shape[1])
+    kinds = np.array([0, 1, 2, 255], dtype=np.uint8)
+    values = rng.choice(kinds, size=shape, p=[0.5, 0.3, 0.1, 0.1])
+    counts = kernels.count_values(values)
+    assert counts.dtype == np.int64 and counts.shape == (256,)
+    np.testing.assert_array_equal(counts, np.bincount(values.ravel(), minlength=256))
+
+
 @pytest.mark.parametrize("k", [2, 3, 6])
 def test_scores_to_classes_is_argmax_and_rounded_softmax(k: int) -> None:
     rng = np.random.default_rng(k)

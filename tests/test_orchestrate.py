@@ -254,7 +254,7 @@ def test_failed_run_leaves_earlier_outputs_intact(synthetic_catalog, forest, tmp
     after = {p.name: p.read_bytes() for p in good.folder.iterdir() if p.is_file()}
     assert after == before  # same files, same bytes, no partial or scratch files left
     # What the failed run finished is kept, so running it again resumes instead of restarting.
-    assert len(list((good.folder / ".work").glob("*/*.npz"))) == 1  # one 1024 block
+    assert len(list((good.folder / ".work").glob("*/*.npy"))) == 1  # one 1024 block
 
 
 def test_model_and_workers_config_builds(forest):

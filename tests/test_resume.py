@@ -79,7 +79,7 @@ def test_killed_run_resumes_to_identical_outputs(synthetic_catalog, tmp_path):
     assert killed.returncode == -signal.SIGKILL
     folder = out / "forest" / "synth"
     assert not (folder / "classes.tif").exists() and not (folder / "run.json").exists()
-    cached = list((folder / ".work").glob("*/*.npz"))
+    cached = list((folder / ".work").glob("*/*.npy"))
     assert len(cached) >= 12
 
     resumed = _geoseg(_args(cat, out))

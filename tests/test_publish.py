@@ -18,6 +18,7 @@ from pipeline.grid import Block, Grid, blocks
 from pipeline.publish import (
     COPY_CACHE_BYTES,
     GPKG_VERSION,
+    BlockCache,
     BlockRaster,
     Staging,
     category_style_qml,
@@ -522,3 +523,26 @@ def test_write_json_stringifies_other_values(tmp_path: Path) -> None:
     path = tmp_path / "run.json"
     write_json(path, {"acquired": dt.date(2024, 6, 1), "out": Path("/tmp/x")})
     assert json.loads(path.read_text()) == {"acquired": "2024-06-01", "out": "/tmp/x"}
+
+
+def test_block_cache_round_trip_and_damaged_blocks(tmp_path):
+    cache = BlockCache(tmp_path / ".work", "key")
+    block, other = Block(0, 0, 3, 4), Block(0, 4, 3, 2)
+    classes = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    confidence = (classes * 7).astype(np.uint8)
+    assert cache.get(block) is None
+    cache.put(block, classes, confidence)
+    got = cache.get(block)
+    assert got is not None
+    np.testing.assert_array_equal(got[0], classes)
+    np.testing.assert_array_equal(got[1], confidence)
+    assert [p.name for p in cache.folder.iterdir()] == [f"{block.key}.npy"]  # no temporaries
+    # A file cut short, or one of another block's shape, is computed again, never used.
+    path = cache.folder / f"{block.key}.npy"
+    path.write_bytes(path.read_bytes()[:-5])
+    assert cache.get(block) is None
+    cache.put(other, classes[:, :2], confidence[:, :2])
+    (cache.folder / f"{other.key}.npy").rename(path)
+    assert cache.get(block) is None
+    cache.clear()
+    assert not (tmp_path / ".work").exists()

@@ -517,9 +517,9 @@ def run(
             # GDAL releases the GIL), the polygons coming from the workers (this thread writes
             # them) and the preview (the client's thread composes its picture at once, and
             # renders it once the polygons are counted), none waiting for what it does not
-            # need. The stage is CPU-bound (at 4096² about 0.8 s of CPU in 0.5 s); with the
-            # muted scene made early and a faster PNG it went 0.55-0.67 s -> 0.48-0.51 s at
-            # 4096² (alternating runs).
+            # need. The stage is CPU-bound (at 4096² about 0.7 s of CPU, client and workers,
+            # in 0.4 s); with the muted scene made early and a faster PNG it went 0.55-0.67 s
+            # -> 0.48-0.51 s at 4096² (alternating runs).
             t1 = time.perf_counter()
             # The preview's classes are read before the COG copy builds overviews into the
             # working file: decimated from its blocks, 0.01 s. Waiting for the class COG to

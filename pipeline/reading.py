@@ -100,13 +100,12 @@ def _band_infos(scene: Scene, bands: tuple[str, ...]) -> list[_BandInfo]:
     A multi-band file holds all of a scene's bands: opened once per band, it took 19 ms of a
     run's 90 ms plan at 6 bands.
     """
-    infos = []
+    at: dict[int, _BandInfo] = {}  # by position in ``bands``, as _by_path gives it
     for path, members in _by_path(scene, bands).items():
         with _open(path, scene.id) as src:
-            for _, band in members:
-                infos.append(_band_info(scene, band, src))
-    order = {name: i for i, name in enumerate(bands)}
-    return sorted(infos, key=lambda info: order[info.name])
+            for i, band in members:
+                at[i] = _band_info(scene, band, src)
+    return [at[i] for i in range(len(bands))]
 
 
 def _band_info(scene: Scene, band: BandSource, src: rasterio.io.DatasetReader) -> _BandInfo:

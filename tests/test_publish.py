@@ -525,7 +525,7 @@ def test_write_json_stringifies_other_values(tmp_path: Path) -> None:
     assert json.loads(path.read_text()) == {"acquired": "2024-06-01", "out": "/tmp/x"}
 
 
-def test_block_cache_round_trip_and_damaged_blocks(tmp_path):
+def test_block_cache_round_trip_and_damaged_blocks(tmp_path: Path) -> None:
     cache = BlockCache(tmp_path / ".work", "key")
     block, other = Block(0, 0, 3, 4), Block(0, 4, 3, 2)
     classes = np.arange(12, dtype=np.uint8).reshape(3, 4)

@@ -18,8 +18,8 @@ from pipeline.catalog import Scene
 from pipeline.errors import ModelError
 from pipeline.grid import Block, Grid, Padding, tile_window
 from pipeline.models.engines import OpenVINOModel
-from pipeline.reading import read_window
-from pipeline.stitch import NODATA, crop_block, pad_tile, window_of
+from pipeline.reading import read_window_into
+from pipeline.stitch import NODATA, crop_block, reflect_borders, window_of
 
 if TYPE_CHECKING:
     from pipeline.models.base import SegmentationModel
@@ -101,9 +101,8 @@ def warm_up() -> None:
 
     _to_classes(np.zeros((1, 2, 1, 1), dtype=np.float32), np.ones((1, 1, 1), dtype=bool))
     one = np.ones((1, 1), dtype=bool)
-    to_reflectance(
-        np.ones((1, 1), np.uint16), 0.0, True, 1.0, 0.0, np.empty((1, 1), np.float32), one
-    )
+    out = np.empty((1, 1, 1), np.float32)
+    to_reflectance(np.ones((1, 1), np.uint16), 0.0, True, 1.0, 0.0, out, 0, 0, 0, one)
 
 
 def _classify_torch(
@@ -128,14 +127,26 @@ def _classify_torch(
 def read_tile(
     bands: tuple[str, ...], scene: Scene, before: Scene | None, grid: Grid, block: Block, halo: int
 ) -> tuple[np.ndarray, np.ndarray, Window, Padding]:
-    """Read one block's tile (the block with its halo, reflect-padded at the grid's edges)."""
+    """Read one block's tile (the block with its halo, reflect-padded at the grid's edges).
+
+    With ``before``, its bands come first. Each scene is read straight into the middle of
+    the tile's buffer, whose margins are then mirrored in place.
+    """
     read, pad = tile_window(grid, block, halo)
-    data, valid = read_window(scene, bands, grid, read)
+    h, w = int(read.height), int(read.width)
+    n = len(bands)
+    size = (pad.top + h + pad.bottom, pad.left + w + pad.right)
+    data = np.empty((2 * n if before is not None else n, *size), dtype=np.float32)
+    valid = np.empty(size, dtype=bool)
+    read_window_into(
+        scene, bands, grid, read, data, valid, (n if before is not None else 0, pad.top, pad.left)
+    )
     if before is not None:
-        data_b, valid_b = read_window(before, bands, grid, read)
-        data = np.concatenate([data_b, data], axis=0)
-        valid &= valid_b
-    data, valid = pad_tile(data, valid, pad)
+        inner = valid[pad.top : pad.top + h, pad.left : pad.left + w]
+        valid_after = inner.copy()
+        read_window_into(before, bands, grid, read, data, valid, (0, pad.top, pad.left))
+        inner &= valid_after
+    reflect_borders(data, valid, pad)
     return data, valid, read, pad
 
 

@@ -231,18 +231,21 @@ def _reflectance(
     src: rasterio.io.DatasetReader,
     index: int,
     out: np.ndarray,
+    at: tuple[int, int, int],
     valid: np.ndarray,
 ) -> None:
-    """Stored values to float32 reflectance in ``out``; clear ``valid`` where nodata or NaN.
+    """Stored values to float32 reflectance at ``at`` (band, row, column) of ``out``.
 
-    In one compiled pass (:func:`pipeline.kernels.to_reflectance`) where this process has
-    loaded the kernel for the values' type (workers do at set-up, for uint16), else with numpy:
-    loading it costs about 0.2 s, more than the client's few reads (checks, preview) take.
+    ``valid`` is cleared where nodata or NaN, over the same rows and columns. In one compiled
+    pass (:func:`pipeline.kernels.to_reflectance`) where this process has loaded the kernel for
+    the values' type (workers do at set-up, for uint16), else with numpy: loading it costs
+    about 0.2 s, more than the client's few reads (checks, preview) take.
     """
     from pipeline.kernels import to_reflectance
 
     nodata = _nodata_of(values.dtype, scene, src, index)
     values = np.ascontiguousarray(values)
+    band, top, left = at
     if any(sig[0] == numba.typeof(values) for sig in to_reflectance.signatures):
         to_reflectance(
             values,
@@ -251,14 +254,20 @@ def _reflectance(
             scene.scale,
             scene.offset,
             out,
+            band,
+            top,
+            left,
             valid,
         )
         return
+    rows, cols = slice(top, top + values.shape[0]), slice(left, left + values.shape[1])
     if values.dtype.kind == "f":
-        valid &= np.isfinite(values)
+        valid[rows, cols] &= np.isfinite(values)
     if nodata is not None:
-        valid &= values != nodata
-    out[:] = values.astype(np.float32) * np.float32(scene.scale) + np.float32(scene.offset)
+        valid[rows, cols] &= values != nodata
+    out[band, rows, cols] = values.astype(np.float32) * np.float32(scene.scale) + np.float32(
+        scene.offset
+    )
 
 
 def read_window(
@@ -271,8 +280,40 @@ def read_window(
     where every band holds a real value.
     """
     h, w = int(window.height), int(window.width)
-    data = np.zeros((len(bands), h, w), dtype=np.float32)
-    valid = np.ones((h, w), dtype=bool)
+    data = np.empty((len(bands), h, w), dtype=np.float32)
+    valid = np.empty((h, w), dtype=bool)
+    read_window_into(scene, bands, grid, window, data, valid)
+    return data, valid
+
+
+def read_window_into(
+    scene: Scene,
+    bands: tuple[str, ...],
+    grid: Grid,
+    window: Window,
+    data: np.ndarray,
+    valid: np.ndarray,
+    at: tuple[int, int, int] = (0, 0, 0),
+) -> None:
+    """As :func:`read_window`, into part of larger arrays.
+
+    The bands land in ``data[b:b + len(bands), r:r + h, c:c + w]`` for ``at`` = ``(b, r, c)``
+    (``data`` C-contiguous float32, ``valid`` C-contiguous bool ``[H, W]``, whose rows and
+    columns there are set). A tile is read this way into the middle of its padded buffer,
+    which saves a copy of the whole tile per padded axis.
+    """
+    h, w = int(window.height), int(window.width)
+    b0, r0, c0 = at
+    here = (slice(r0, r0 + h), slice(c0, c0 + w))
+    if not (
+        data.dtype == np.float32
+        and valid.dtype == np.bool_
+        and data.flags.c_contiguous
+        and valid.flags.c_contiguous
+        and valid.shape == data.shape[1:]
+    ):
+        raise ValueError("data must be C-contiguous float32 [C, H, W] and valid bool [H, W]")
+    valid[here] = True
     t = grid.affine
     xs = t.c + t.a * (window.col_off + np.arange(w) + 0.5)
     ys = t.f + t.e * (window.row_off + np.arange(h) + 0.5)
@@ -291,7 +332,7 @@ def read_window(
         col_ok = (cols >= 0) & (cols < src.width)
         row_ok = (rows >= 0) & (rows < src.height)
         if not col_ok.any() or not row_ok.any():
-            valid[:] = False
+            valid[here] = False
             continue
         sc0, sc1 = int(cols[col_ok].min()), int(cols[col_ok].max()) + 1
         sr0, sr1 = int(rows[row_ok].min()), int(rows[row_ok].max()) + 1
@@ -299,16 +340,16 @@ def read_window(
         ci = np.clip(cols - sc0, 0, sc1 - sc0 - 1)
         ri = np.clip(rows - sr0, 0, sr1 - sr0 - 1)
         inside = row_ok[:, None] & col_ok[None, :]
-        valid &= inside
+        valid[here] &= inside
         # On the file's own grid the lookup is the identity: a view, not a gather (which
         # took 16 ms of a 60 ms 832² six-band read).
         same = block.shape[1:] == (h, w) and _is_range(ri) and _is_range(ci)
         for k, (i, b) in enumerate(members):
             source = block[k] if same else block[k][np.ix_(ri, ci)]
-            _reflectance(source, scene, src, b.index, data[i], valid)
-    if not valid.all():
-        data[:, ~valid] = 0.0
-    return data, valid
+            _reflectance(source, scene, src, b.index, data, (b0 + i, r0, c0), valid)
+    ok = valid[here]
+    if not ok.all():
+        data[b0 : b0 + len(bands), here[0], here[1]][:, ~ok] = 0.0
 
 
 def _is_range(index: np.ndarray) -> bool:
@@ -466,11 +507,7 @@ def read_overview(
                 resampling=Resampling.average,
             )
             for k, (i, b) in enumerate(members):
-                values = np.empty(block.shape[1:], dtype=np.float32)
-                ok = np.ones(block.shape[1:], dtype=bool)
-                _reflectance(block[k], scene, src, b.index, values, ok)
-                valid[or0:or1, oc0:oc1] &= ok
-                data[i, or0:or1, oc0:oc1] = values
+                _reflectance(block[k], scene, src, b.index, data, (i, or0, oc0), valid)
     if not valid.all():
         data[:, ~valid] = 0.0
     return data, valid

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from pipeline.bench.common import bench_grid
+from pipeline.catalog import BandSource, Scene
 from pipeline.errors import ModelError
 from pipeline.grid import Block, blocks
 from pipeline.inference import (
@@ -14,13 +17,17 @@ from pipeline.inference import (
     consecutive_batches,
     predict_batch,
     predict_tile,
+    read_tile,
     swath_columns,
     sweep,
     tile_pixels,
 )
 from pipeline.models import build_model
 from pipeline.models.base import SegmentationModel
+from pipeline.reading import read_window, scene_grid
+from pipeline.stitch import pad_tile
 from pipeline.workflow import IndexModelConfig
+from tests.data import forest_scene
 from tests.helpers import run_fresh
 
 
@@ -203,6 +210,33 @@ def test_forest_model_tile() -> None:
 
 def _cost(group: tuple[Block, ...]) -> int:
     return tile_pixels(group, 32)
+
+
+def _forest(folder: Path, seed: int) -> Scene:
+    paths = forest_scene(folder, height=45, width=38, seed=seed)
+    return Scene(folder.name, tuple(BandSource(n, str(p)) for n, p in paths.items()), scale=1e-4)
+
+
+@pytest.mark.parametrize(("size", "halo"), [(16, 4), (16, 15), (40, 30)])
+def test_read_tile_is_the_read_window_reflect_padded(tmp_path: Path, size: int, halo: int):
+    # Read into the middle of the tile's buffer and mirrored there, a tile is what reading
+    # its window and padding it gave: at edges, corners, halos wider than the block, on a
+    # scene with a nodata strip and a 20 m band, with and without a scene before it.
+    bands = ("red", "nir", "swir16")
+    scene, before = _forest(tmp_path / "after", 1), _forest(tmp_path / "before", 2)
+    grid = scene_grid(scene, bands)
+    for block in blocks(grid, size):
+        for earlier in (None, before):
+            data, valid, read, pad = read_tile(bands, scene, earlier, grid, block, halo)
+            expected, expected_valid = read_window(scene, bands, grid, read)
+            if earlier is not None:
+                data_b, valid_b = read_window(earlier, bands, grid, read)
+                expected = np.concatenate([data_b, expected])
+                expected_valid &= valid_b
+            expected, expected_valid = pad_tile(expected, expected_valid, pad)
+            np.testing.assert_array_equal(data, expected)
+            np.testing.assert_array_equal(valid, expected_valid)
+            assert data.flags.c_contiguous and data.shape[1:] == valid.shape
 
 
 def test_sweep_goes_down_swaths_left_to_right():

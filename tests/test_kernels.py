@@ -66,18 +66,32 @@ def test_to_reflectance_is_numpys_scaling_and_masks(dtype: str, nodata: float | 
         values = rng.integers(max(info.min, -3000), min(info.max, 3000), (30, 40)).astype(dtype)
     if nodata is not None:
         values[5, 5:9] = nodata
-    out = np.full(values.shape, -7.0, np.float32)
-    valid = np.ones(values.shape, bool)
-    valid[29, 39] = False  # a pixel another band already marked stays invalid
+    # Into band 1 of a larger buffer, 3 rows down and 2 columns in: the rest stays untouched.
+    out = np.full((3, 36, 45), -7.0, np.float32)
+    valid = np.ones((36, 45), bool)
+    valid[3 + 29, 2 + 39] = False  # a pixel another band already marked stays invalid
+    valid[0, 0] = False  # and one outside the values' part
     kernels.to_reflectance(
-        values, 0.0 if nodata is None else nodata, nodata is not None, 1e-4, -0.1, out, valid
+        values,
+        0.0 if nodata is None else nodata,
+        nodata is not None,
+        1e-4,
+        -0.1,
+        out,
+        1,
+        3,
+        2,
+        valid,
     )
-    expected = values.astype(np.float32) * np.float32(1e-4) + np.float32(-0.1)
+    expected = np.full(out.shape, -7.0, np.float32)
+    expected[1, 3:33, 2:42] = values.astype(np.float32) * np.float32(1e-4) + np.float32(-0.1)
     np.testing.assert_array_equal(out, expected)
-    ok = np.isfinite(values) & (values != nodata if nodata is not None else True)
-    ok[29, 39] = False
+    ok = np.ones(valid.shape, bool)
+    ok[3:33, 2:42] = np.isfinite(values) & (values != nodata if nodata is not None else True)
+    ok[3 + 29, 2 + 39] = False
+    ok[0, 0] = False
     np.testing.assert_array_equal(valid, ok)
-    assert not valid[5, 5:9].any() or nodata is None
+    assert not valid[3 + 5, 2 + 5 : 2 + 9].any() or nodata is None
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (7, 13), (768, 768), (3, 0)])

@@ -18,6 +18,7 @@ from pipeline.reading import (
     read_band_overview,
     read_overview,
     read_window,
+    read_window_into,
     scene_grid,
 )
 from tests.data import (
@@ -422,6 +423,41 @@ def test_windowed_read_equals_slice_of_full_read(forest: Scene, window: Window):
     rows, cols = window.toslices()
     assert np.array_equal(valid, full_valid[rows, cols])
     assert np.array_equal(data, full_data[:, rows, cols])
+
+
+@pytest.mark.parametrize("at", [(0, 0, 0), (2, 5, 3), (1, 0, 7)])
+def test_read_into_a_buffer_fills_only_its_part(forest: Scene, at: tuple[int, int, int]):
+    bands = ("red", "nir", "swir16")
+    grid = scene_grid(forest, bands)
+    window = Window(1, 2, 30, 20)  # in the nodata strip, and on halves of 20 m pixels
+    expected, expected_valid = read_window(forest, bands, grid, window)
+    data = np.full((6, 30, 40), -1.0, np.float32)
+    valid = np.zeros((30, 40), bool)
+    valid[-1, -1] = True  # outside the window: left as it was
+    read_window_into(forest, bands, grid, window, data, valid, at)
+    b, r, c = at
+    np.testing.assert_array_equal(data[b : b + 3, r : r + 20, c : c + 30], expected)
+    np.testing.assert_array_equal(valid[r : r + 20, c : c + 30], expected_valid)
+    assert not expected_valid.all() and expected_valid.any()
+    outside = np.ones(data.shape, bool)
+    outside[b : b + 3, r : r + 20, c : c + 30] = False
+    assert (data[outside] == -1.0).all()
+    assert valid.sum() == expected_valid.sum() + 1
+
+
+def test_read_into_rejects_a_buffer_it_cannot_fill(forest: Scene):
+    bands = ("red", "nir")
+    grid = scene_grid(forest, bands)
+    window = Window(0, 0, 8, 8)
+    valid = np.ones((8, 8), bool)
+    for data, mask in [
+        (np.zeros((2, 8, 8), np.float64), valid),  # not float32
+        (np.zeros((2, 8, 16), np.float32)[:, :, ::2], valid),  # a strided view
+        (np.zeros((2, 8, 8), np.float32), np.ones((8, 9), bool)),  # mask of another shape
+        (np.zeros((2, 8, 8), np.float32), np.ones((8, 8), np.uint8)),  # mask not bool
+    ]:
+        with pytest.raises(ValueError, match="C-contiguous"):
+            read_window_into(forest, bands, grid, window, data, mask)
 
 
 def test_full_read_matches_the_files(forest: Scene):

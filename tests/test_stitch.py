@@ -9,7 +9,7 @@ from rasterio.crs import CRS
 from pipeline.grid import Block, Grid, Padding, blocks, tile_window
 from pipeline.inference import NODATA, predict_tile
 from pipeline.models.base import SegmentationModel
-from pipeline.stitch import crop_block, pad_tile
+from pipeline.stitch import crop_block, pad_tile, reflect_borders
 from tests.data import ORIGIN, UTM18
 
 RADIUS = 2  # the mean filter below is 5x5
@@ -167,6 +167,37 @@ def test_one_pixel_wide_tile_reflects_along_its_long_axis(shape: tuple[int, int]
     out, _ = pad_tile(data, np.ones(shape, bool), Padding(2, 2, 2, 2))
     line = out[0, 2, :] if h == 1 else out[0, :, 2]
     np.testing.assert_array_equal(line, [2, 1, 0, 1, 2, 3, 4, 5, 4, 3])
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "pad"),
+    [
+        (40, 50, Padding(0, 0, 0, 0)),
+        (40, 50, Padding(8, 0, 0, 0)),
+        (40, 50, Padding(0, 8, 0, 0)),
+        (40, 50, Padding(0, 0, 8, 0)),
+        (40, 50, Padding(0, 0, 0, 8)),
+        (40, 50, Padding(8, 3, 5, 8)),
+        (9, 50, Padding(8, 8, 8, 8)),  # as wide as reflection allows: one pass each side
+        (3, 2, Padding(2, 3, 1, 3)),  # wider than the read: reflected more than once
+        (1, 6, Padding(2, 1, 3, 2)),  # a 1-pixel axis repeats
+        (6, 1, Padding(2, 1, 3, 2)),
+    ],
+)
+def test_reflect_borders_in_place_equals_pad_tile(h: int, w: int, pad: Padding) -> None:
+    rng = np.random.default_rng(h * w)
+    data = rng.normal(size=(3, h, w)).astype(np.float32)
+    valid = rng.random((h, w)) > 0.3
+    expected, expected_valid = pad_tile(data, valid, pad)
+    # The read in the middle of a buffer whose margins hold garbage.
+    shape = (h + pad.top + pad.bottom, w + pad.left + pad.right)
+    buffer = np.full((3, *shape), np.nan, np.float32)
+    buffer_valid = rng.random(shape) > 0.5
+    buffer[:, pad.top : pad.top + h, pad.left : pad.left + w] = data
+    buffer_valid[pad.top : pad.top + h, pad.left : pad.left + w] = valid
+    reflect_borders(buffer, buffer_valid, pad)
+    np.testing.assert_array_equal(buffer, expected)
+    np.testing.assert_array_equal(buffer_valid, expected_valid)
 
 
 def test_crop_block_uses_read_offsets() -> None:

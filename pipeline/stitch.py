@@ -1,8 +1,9 @@
 """Turning blocks into tiles and model output back into blocks.
 
 A tile is a block grown by the halo (see :func:`pipeline.grid.tile_window`). Where the grid
-ends, :func:`pad_tile` completes the tile by mirror reflection, so the model sees plausible
-context instead of zeros and scene edges are predicted like the interior. :func:`crop_block`
+ends, :func:`pad_tile` completes the tile by mirror reflection (:func:`reflect_borders` does
+the same in place, around a read that landed in the middle of the tile's buffer), so the model
+sees plausible context instead of zeros and scene edges are predicted like the interior. :func:`crop_block`
 keeps only the block's centre of a tile's prediction: each output pixel comes from exactly one
 tile, the one in whose centre it lies, which is where the model had the most context. Blocks do
 not overlap, so writing them one after another assembles the seamless raster without ever

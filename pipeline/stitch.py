@@ -3,11 +3,11 @@
 A tile is a block grown by the halo (see :func:`pipeline.grid.tile_window`). Where the grid
 ends, :func:`pad_tile` completes the tile by mirror reflection (:func:`reflect_borders` does
 the same in place, around a read that landed in the middle of the tile's buffer), so the model
-sees plausible context instead of zeros and scene edges are predicted like the interior. :func:`crop_block`
-keeps only the block's centre of a tile's prediction: each output pixel comes from exactly one
-tile, the one in whose centre it lies, which is where the model had the most context. Blocks do
-not overlap, so writing them one after another assembles the seamless raster without ever
-holding it whole.
+sees plausible context instead of zeros and scene edges are predicted like the interior.
+:func:`crop_block` keeps only the block's centre of a tile's prediction: each output pixel
+comes from exactly one tile, the one in whose centre it lies, which is where the model had the
+most context. Blocks do not overlap, so writing them one after another assembles the seamless
+raster without ever holding it whole.
 
 Why centre-crop rather than blending overlaps: with a U-Net (ResNet18) trained briefly on the
 Virginia scene (tests/test_parity.py), centre-crop with a 64-pixel halo and reflect padding

@@ -313,6 +313,12 @@ def read_window_into(
         and valid.shape == data.shape[1:]
     ):
         raise ValueError("data must be C-contiguous float32 [C, H, W] and valid bool [H, W]")
+    size = data.shape
+    # The compiled pass does not check its indices: a part outside the buffer must stop here.
+    if min(at) < 0 or b0 + len(bands) > size[0] or r0 + h > size[1] or c0 + w > size[2]:
+        raise ValueError(
+            f"{len(bands)} bands of {h}x{w} at {at} do not fit in a buffer of {data.shape}"
+        )
     valid[here] = True
     t = grid.affine
     xs = t.c + t.a * (window.col_off + np.arange(w) + 0.5)

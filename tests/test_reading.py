@@ -458,6 +458,12 @@ def test_read_into_rejects_a_buffer_it_cannot_fill(forest: Scene):
     ]:
         with pytest.raises(ValueError, match="C-contiguous"):
             read_window_into(forest, bands, grid, window, data, mask)
+    data = np.zeros((3, 10, 10), np.float32)
+    before = data.copy()
+    for at in [(2, 0, 0), (0, 3, 0), (0, 0, 3), (-1, 0, 0), (0, -1, 1)]:  # past an edge
+        with pytest.raises(ValueError, match="do not fit"):
+            read_window_into(forest, bands, grid, window, data, np.ones((10, 10), bool), at)
+    np.testing.assert_array_equal(data, before)
 
 
 def test_full_read_matches_the_files(forest: Scene):

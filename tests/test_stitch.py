@@ -184,11 +184,19 @@ def test_one_pixel_wide_tile_reflects_along_its_long_axis(shape: tuple[int, int]
         (6, 1, Padding(2, 1, 3, 2)),
     ],
 )
-def test_reflect_borders_in_place_equals_pad_tile(h: int, w: int, pad: Padding) -> None:
+def test_reflect_borders_in_place_equals_numpys_pad(h: int, w: int, pad: Padding) -> None:
     rng = np.random.default_rng(h * w)
     data = rng.normal(size=(3, h, w)).astype(np.float32)
     valid = rng.random((h, w)) > 0.3
-    expected, expected_valid = pad_tile(data, valid, pad)
+    # numpy's own padding, rows then columns; a 1-pixel axis can only repeat its pixel.
+    expected, expected_valid = data, valid
+    for axis, widths in ((1, (pad.top, pad.bottom)), (2, (pad.left, pad.right))):
+        mode = "reflect" if data.shape[axis] > 1 else "edge"
+        all_widths = [(0, 0)] * 3
+        all_widths[axis] = widths
+        expected = np.pad(expected, all_widths, mode=mode)
+        expected_valid = np.pad(expected_valid, all_widths[1:], mode=mode)
+    np.testing.assert_array_equal(pad_tile(data, valid, pad)[0], expected)
     # The read in the middle of a buffer whose margins hold garbage.
     shape = (h + pad.top + pad.bottom, w + pad.left + pad.right)
     buffer = np.full((3, *shape), np.nan, np.float32)

@@ -254,7 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_positive, metavar="N", help="Dask worker processes (default: cores)"
     )
     bench.add_argument(
-        "--tile-size", type=_positive, default=None, metavar="PX", help="pipeline block edge"
+        "--tile-size",
+        type=_positive,
+        default=None,
+        metavar="PX",
+        help="pipeline block edge (default: 1024 with --engine openvino, 768 with torch, whose "
+        "workers would pass 1.5 GiB at 1024)",
     )
     bench.add_argument("--halo", type=_non_negative, default=None, metavar="PX")
     bench.add_argument(
@@ -418,7 +423,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     from pipeline.bench import bench_model, bench_vectorize, default_workers
-    from pipeline.bench.model import HALO, TILE, describe
+    from pipeline.bench.model import HALO, describe
 
     workers = args.workers or default_workers()
     if args.precision == "bf16" and args.engine != "openvino":
@@ -429,7 +434,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             args.size,
             workers,
             model=args.model,
-            tile=args.tile_size or TILE,
+            tile=args.tile_size,
             halo=HALO if args.halo is None else args.halo,
             peer=not args.no_peer,
             engine=args.engine,

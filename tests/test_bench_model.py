@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipeline.bench.model import balanced_shares, bench_grid, bench_workflow, write_random_unet
+from pipeline.bench.model import (
+    OPENVINO_TILE,
+    TILE,
+    balanced_shares,
+    bench_grid,
+    bench_workflow,
+    default_tile,
+    write_random_unet,
+)
 from pipeline.bench.scenes import SCENE_BANDS, write_scene
 from pipeline.cli import main
 from pipeline.grid import blocks
@@ -43,16 +51,55 @@ def test_random_unet_checkpoint_builds_the_bench_workflow(tmp_path: Path) -> Non
     assert model.bands == ("red", "nir", "swir16") and model.num_classes == 2
 
 
-@pytest.mark.parametrize("size", [2744, 4096, 10980])
-def test_model_only_shares_are_as_even_as_the_tiles_allow(size: int) -> None:
+@pytest.mark.parametrize(
+    ("size", "tile"), [(2744, 768), (4096, 768), (10980, 768), (4096, 1024), (10980, 1024)]
+)
+def test_model_only_shares_are_as_even_as_the_tiles_allow(size: int, tile: int) -> None:
     """The model-only limit is its slowest process: each gets half the pixels, within a tile."""
-    groups = classification_tasks(blocks(bench_grid(size), 768), 768, 1)
+    groups = classification_tasks(blocks(bench_grid(size), tile), tile, 1)
     shares = balanced_shares(groups, 2, lambda g: tile_pixels(g, 32))
     assert sorted(x for share in shares for x in share) == sorted(groups)
     pixels = [sum(tile_pixels(g, 32) for g in share) for share in shares]
     largest = max(tile_pixels(g, 32) for g in groups)
     assert abs(pixels[0] - pixels[1]) <= largest
     assert max(pixels) / (sum(pixels) / 2) < 1.013
+
+
+@pytest.mark.parametrize(
+    ("extra", "engine", "tile"),
+    [
+        ([], "torch", None),
+        (["--engine", "openvino"], "openvino", None),
+        (["--engine", "openvino", "--precision", "bf16"], "openvino", None),
+        (["--engine", "openvino", "--tile-size", "512"], "openvino", 512),
+    ],
+)
+def test_bench_leaves_the_tile_to_the_engine_unless_given(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    engine: str,
+    tile: int | None,
+) -> None:
+    """Without --tile-size the benchmark takes its engine's default (see default_tile)."""
+    import pipeline.bench as bench
+
+    seen: dict[str, object] = {}
+
+    def record(size: int, workers: int, **kw: object) -> dict[str, object]:
+        seen.update(kw)
+        return {}
+
+    monkeypatch.setattr(bench, "bench_model", record)
+    assert main(["bench", "--part", "model", "--size", "512", "--json", *extra]) == 0
+    capsys.readouterr()
+    assert (seen["engine"], seen["tile"]) == (engine, tile)
+
+
+def test_default_tile_is_larger_where_workers_hold_less() -> None:
+    """OpenVINO's workers stay under 1.5 GiB at 1088² inputs; torch's would not."""
+    assert default_tile("openvino") == OPENVINO_TILE == 1024
+    assert default_tile("torch") == TILE == 768
 
 
 @pytest.mark.slow

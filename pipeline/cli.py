@@ -261,7 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="pipeline block edge (default: 1024 with --engine openvino, 768 with torch, whose "
         "workers would pass 1.5 GiB at 1024)",
     )
-    bench.add_argument("--halo", type=_non_negative, default=None, metavar="PX")
+    bench.add_argument(
+        "--halo",
+        type=_non_negative,
+        default=None,
+        metavar="PX",
+        help="context read around each block and cut off after the forward pass (default: 32)",
+    )
     bench.add_argument(
         "--engine",
         choices=("torch", "openvino"),

@@ -19,7 +19,7 @@ from pipeline.errors import ModelError
 from pipeline.grid import Block, Grid, Padding, tile_window
 from pipeline.models.engines import OpenVINOModel
 from pipeline.reading import read_window_into
-from pipeline.stitch import NODATA, crop_block, reflect_borders, window_of
+from pipeline.stitch import NODATA, crop_block, reflect_borders, tile_buffers, window_of
 
 if TYPE_CHECKING:
     from pipeline.models.base import SegmentationModel
@@ -133,16 +133,12 @@ def read_tile(
     the tile's buffer, whose margins are then mirrored in place.
     """
     read, pad = tile_window(grid, block, halo)
-    h, w = int(read.height), int(read.width)
     n = len(bands)
-    size = (pad.top + h + pad.bottom, pad.left + w + pad.right)
-    data = np.empty((2 * n if before is not None else n, *size), dtype=np.float32)
-    valid = np.empty(size, dtype=bool)
-    read_window_into(
-        scene, bands, grid, read, data, valid, (n if before is not None else 0, pad.top, pad.left)
-    )
+    first = n if before is not None else 0
+    data, valid = tile_buffers(first + n, int(read.height), int(read.width), pad)
+    read_window_into(scene, bands, grid, read, data, valid, (first, pad.top, pad.left))
     if before is not None:
-        inner = valid[pad.top : pad.top + h, pad.left : pad.left + w]
+        inner = window_of(valid, read, pad)  # a view: the before scene's read sets it afresh
         valid_after = inner.copy()
         read_window_into(before, bands, grid, read, data, valid, (0, pad.top, pad.left))
         inner &= valid_after

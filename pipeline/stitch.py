@@ -25,6 +25,7 @@ from bisect import bisect_left, bisect_right
 from typing import Literal
 
 import numpy as np
+from numpy.typing import DTypeLike
 from rasterio.windows import Window
 
 from pipeline.grid import Block, Grid, Padding, tile_window
@@ -41,14 +42,20 @@ def pad_tile(data: np.ndarray, valid: np.ndarray, pad: Padding) -> tuple[np.ndar
     if pad == Padding():
         return data, valid
     h, w = valid.shape
-    size = (pad.top + h + pad.bottom, pad.left + w + pad.right)
-    out = np.empty((data.shape[0], *size), dtype=data.dtype)
-    out_valid = np.empty(size, dtype=valid.dtype)
+    out, out_valid = tile_buffers(data.shape[0], h, w, pad, data.dtype)
     rows, cols = slice(pad.top, pad.top + h), slice(pad.left, pad.left + w)
     out[:, rows, cols] = data
     out_valid[rows, cols] = valid
     reflect_borders(out, out_valid, pad)
     return out, out_valid
+
+
+def tile_buffers(
+    channels: int, h: int, w: int, pad: Padding, dtype: DTypeLike = np.float32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unfilled ``[channels, H, W]`` and bool ``[H, W]`` buffers for an ``h``×``w`` read + pad."""
+    size = (pad.top + h + pad.bottom, pad.left + w + pad.right)
+    return np.empty((channels, *size), dtype=dtype), np.empty(size, dtype=bool)
 
 
 def reflect_borders(data: np.ndarray, valid: np.ndarray, pad: Padding) -> None:

@@ -44,8 +44,8 @@ Task = TypeVar("Task")
 #: passes 1.5 GiB; 832² needs 366 MB and wastes 17 % of the compute on halos, 1088² 13 %.
 TILE = 768
 #: The tiling with OpenVINO, whose workers hold less: 1024 blocks (1088² inputs). At 4096² in
-#: f32 a worker peaked at 1219 MB (898 MB at 832²), and the forward passes alone took 15.7 s
-#: instead of 16.4 s, the 4 % fewer halo pixels.
+#: f32 a worker peaked at 1219 MB (898 MB at 832²), and with 6 % fewer input pixels the forward
+#: passes alone took 15.7–16.1 s instead of 16.4 s.
 OPENVINO_TILE = 1024
 HALO = 32
 #: The peer's tiling, as TorchGeo's examples do it: 512 chips overlapping by 64, batches of 4.

@@ -9,8 +9,9 @@ import pytest
 import rasterio
 
 from pipeline.bench import bench_grid, write_class_raster
-from pipeline.bench.common import peak_rss_mb
+from pipeline.bench.common import in_subprocess, peak_rss_mb
 from pipeline.cli import main
+from pipeline.errors import ConfigError
 
 
 def test_generated_raster_is_fragmented_and_deterministic(tmp_path):
@@ -50,7 +51,7 @@ def test_peak_memory_is_the_process_own_not_its_parents() -> None:
     import numpy as np
 
     held = np.ones(600 * 2**20 // 8)  # 600 MB resident in this process
-    code = "from pipeline.bench.common import peak_rss_mb; print(peak_rss_mb())"
+    code = "from pipeline.bench.common import in_subprocess, peak_rss_mb; print(peak_rss_mb())"
     child = float(
         subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -59,3 +60,14 @@ def test_peak_memory_is_the_process_own_not_its_parents() -> None:
     # getrusage's ru_maxrss would carry this process's peak into the child.
     assert peak_rss_mb() > 600 and child < 300, (peak_rss_mb(), child)
     del held
+
+
+def test_a_step_stopped_by_bad_input_raises_the_same_error(tmp_path):
+    """A benchmark step's user error reaches the CLI as itself, not as the child's traceback."""
+    missing = tmp_path / "none.yaml"
+    with pytest.raises(ConfigError) as caught:
+        in_subprocess("pipeline.catalog:load_catalog", str(missing))
+    assert "none.yaml" in str(caught.value) and "Traceback" not in str(caught.value)
+    # Anything else is a failure of the benchmark itself, reported with the child's traceback.
+    with pytest.raises(RuntimeError, match="(?s)failed:.*Traceback.*TypeError"):
+        in_subprocess("operator:truediv", "1", "0")  # str / str

@@ -17,10 +17,11 @@ from pipeline.catalog import load_catalog
 from pipeline.cli import main
 from pipeline.errors import ConfigError, ModelError
 from pipeline.inference import predict_batch
-from pipeline.models import build_model
+from pipeline.models import build_model, engines
 from pipeline.models.engines import (
     NetworkInfo,
     OpenVINOModel,
+    check_precision,
     cpu_capabilities,
     export_key,
     export_openvino,
@@ -171,3 +172,27 @@ def test_cli_bench_rejects_bf16_with_torch(capsys):
     code = main(["bench", "--part", "model", "--precision", "bf16"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and "--engine openvino" in err
+
+
+def test_bf16_on_a_cpu_without_it_is_refused_before_any_work(unet, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(engines, "cpu_capabilities", lambda: ["FP32", "INT8"])
+    check_precision("f32")
+    with pytest.raises(ModelError, match=r"bf16 needs a CPU.*offers FP32, INT8.*precision: f32"):
+        check_precision("bf16")
+    workflow, _ = unet
+    bf16 = workflow.model_copy(
+        update={"model": workflow.model.model_copy(update={"precision": "bf16"})}
+    )
+    scene = write_scene(tmp_path / "scene.tif", 64, BANDS, seed=1)
+    catalog = load_catalog(_write_catalog(tmp_path, scene, BANDS))
+    with pytest.raises(ModelError, match="bf16 needs a CPU"):
+        plan(bf16, catalog, "bench", None, tmp_path / "cache")
+    assert not (tmp_path / "cache" / "openvino").exists()  # nothing converted
+    # The benchmark says so in one line before it generates a scene (minutes at 10980²).
+    made = []
+    monkeypatch.setattr("pipeline.bench.model.write_scene", lambda *a, **k: made.append(a))
+    args = ["bench", "--part", "model", "--size", "64", "--engine", "openvino"]
+    code = main([*args, "--precision", "bf16"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert "precision: f32" in err and not made

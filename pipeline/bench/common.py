@@ -11,6 +11,7 @@ from typing import Any
 
 from rasterio.crs import CRS
 
+from pipeline.errors import GeosegError
 from pipeline.grid import Grid
 
 
@@ -44,6 +45,21 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0))
 
 
+#: A step's exit status when it stopped on a :class:`~pipeline.errors.GeosegError`.
+_USER_ERROR = 3
+
+
+def _user_error(stdout: str) -> GeosegError:
+    """The error a step reported on its last line of output, as the same class of error."""
+    import pipeline.errors
+
+    report = json.loads(stdout.strip().splitlines()[-1])
+    kind = getattr(pipeline.errors, report["error"], GeosegError)
+    if not (isinstance(kind, type) and issubclass(kind, GeosegError)):
+        kind = GeosegError
+    return kind(report["message"])
+
+
 def in_subprocess(target: str, *args: str) -> dict[str, Any]:
     """Run ``module:function(*args)`` in a fresh Python process and return its JSON result.
 
@@ -51,8 +67,18 @@ def in_subprocess(target: str, *args: str) -> dict[str, Any]:
     imports, caches and threads from changing another's timing.
     """
     module, func = target.split(":")
+    # An error the user can fix comes back as itself (the CLI's one-line `error:`), not as
+    # the child's traceback.
     code = (
-        f"import json, sys; from {module} import {func}; print(json.dumps({func}(*sys.argv[1:])))"
+        "import json, sys\n"
+        "from pipeline.errors import GeosegError\n"
+        f"from {module} import {func}\n"
+        "try:\n"
+        f"    result = {func}(*sys.argv[1:])\n"
+        "except GeosegError as e:\n"
+        "    print(json.dumps({'error': type(e).__name__, 'message': str(e)}))\n"
+        f"    sys.exit({_USER_ERROR})\n"
+        "print(json.dumps(result))\n"
     )
     # Every step gets the GDAL block cache geoseg's CLI and workers get, so none is measured
     # with GDAL's default (5 % of RAM), which fills up as a scene is read.
@@ -62,6 +88,8 @@ def in_subprocess(target: str, *args: str) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False, env=env
     )
+    if proc.returncode == _USER_ERROR:
+        raise _user_error(proc.stdout)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark step {target} failed:\n{proc.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -429,6 +429,12 @@ def bench_model(
     ``tile`` defaults to :func:`default_tile` of ``engine``.
     """
     tile = tile or default_tile(engine)
+    if engine == "openvino":
+        # Before a scene is generated: a large one takes minutes.
+        from pipeline.models.engines import check_precision, openvino_version
+
+        openvino_version()
+        check_precision(precision)
     with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as tmp:
         folder = Path(tmp)
         checkpoint = Path(model).resolve() if model else write_random_unet(folder / "unet.ckpt")

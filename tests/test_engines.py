@@ -45,9 +45,17 @@ def unet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workflow, Path]:
     return workflow, converted
 
 
-def test_converted_network_scores_tiles_as_torch_does(unet):
-    workflow, converted = unet
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, then as many as before (later tests train networks)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_converted_network_scores_tiles_as_torch_does(unet, one_thread):
+    workflow, converted = unet
     model = build_model(workflow.model, workflow.classes)
     ov_model = OpenVINOModel(converted, "f32")
     assert ov_model.bands == BANDS and ov_model.num_classes == 2

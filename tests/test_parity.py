@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from pipeline.catalog import load_catalog
@@ -17,7 +18,11 @@ from pipeline.workflow import load_workflow
 from tests.conftest import ROOT
 from tests.data import write_raster
 
-HALO = 64
+#: The halo under test. With 64 px parity holds for some trainings and not others: three of
+#: the fixture's recipe on an AVX2-only host (two torch threads and 120 steps; one thread and
+#: 120 or 200 steps) put tile 256 at 99.979, 99.870 and 99.716 % of one whole-scene pass with
+#: a halo of 64, and at 99.999, 99.993 and 99.983 % with 128 (BENCHMARKS.md, stitching parity).
+HALO = 128
 
 
 def _predict(model, scene, grid, tile: int) -> np.ndarray:
@@ -61,7 +66,15 @@ def virginia_unet(tmp_path_factory):
     (folder / "forest-unet.yaml").write_text(yaml.safe_dump(flow))
     workflow = load_workflow(str(folder / "forest-unet.yaml"))
     options = TrainOptions(epochs=1, steps_per_epoch=120, batch_size=8, chip_size=128, seed=0)
-    train(workflow, [Sample(scene, None, str(label_path))], folder / "unet.ckpt", options=options)
+    # Two threads whatever earlier tests left: the thread count changes the trained weights.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(
+            workflow, [Sample(scene, None, str(label_path))], folder / "unet.ckpt", options=options
+        )
+    finally:
+        torch.set_num_threads(threads)
     model = build_model(workflow.model, workflow.classes)
     return model, scene, grid, labels
 

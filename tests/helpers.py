@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,22 @@ def user_error(exc_type: type[GeosegError], fn: Callable[..., Any], *args: Any) 
     message = str(info.value)
     assert "\n" not in message
     return message
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch at ``n`` intra-op threads inside the block, at as many as before after it.
+
+    The thread count changes what a test trains, and a count left behind changes later tests.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def loaded_kernels() -> dict[str, int]:

@@ -51,7 +51,7 @@ def test_peak_memory_is_the_process_own_not_its_parents() -> None:
     import numpy as np
 
     held = np.ones(600 * 2**20 // 8)  # 600 MB resident in this process
-    code = "from pipeline.bench.common import in_subprocess, peak_rss_mb; print(peak_rss_mb())"
+    code = "from pipeline.bench.common import peak_rss_mb; print(peak_rss_mb())"
     child = float(
         subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -10,6 +10,7 @@ import pytest
 import rasterio
 
 from pipeline.bench.model import (
+    HALO,
     OPENVINO_TILE,
     TILE,
     balanced_shares,
@@ -96,10 +97,18 @@ def test_bench_leaves_the_tile_to_the_engine_unless_given(
     assert (seen["engine"], seen["tile"]) == (engine, tile)
 
 
-def test_default_tile_is_larger_where_workers_hold_less() -> None:
+def test_default_tile_is_larger_where_workers_hold_less(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """OpenVINO's workers stay under 1.5 GiB at 1088² inputs; torch's would not."""
     assert default_tile("openvino") == OPENVINO_TILE == 1024
     assert default_tile("torch") == TILE == 768
+    # The CLI, which imports no benchmark code to build its parser, states both defaults.
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"{OPENVINO_TILE} with --engine openvino, {TILE} with torch" in shown
+    assert f"cut off after the forward pass (default: {HALO})" in shown
 
 
 @pytest.mark.slow

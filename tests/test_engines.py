@@ -30,6 +30,7 @@ from pipeline.models.engines import (
 )
 from pipeline.orchestrate import RunOptions, dask_client, plan, run
 from pipeline.workflow import Workflow, load_workflow
+from tests.helpers import torch_threads
 
 BANDS = ("red", "nir", "swir16")
 
@@ -47,11 +48,9 @@ def unet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workflow, Path]:
 
 @pytest.fixture
 def one_thread():
-    """One torch thread for the test, then as many as before (later tests train networks)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    """One torch thread for the test (later tests train networks with their own)."""
+    with torch_threads(1):
+        yield
 
 
 def test_converted_network_scores_tiles_as_torch_does(unet, one_thread):

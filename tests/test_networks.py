@@ -31,7 +31,7 @@ from pipeline.models.networks import TorchGeoSegmentation, build_network, init_b
 from pipeline.orchestrate import RunOptions, plan, run
 from pipeline.workflow import ClassDef, TorchGeoModelConfig, Workflow, load_workflow
 from tests.data import catalog_yaml, forest_scene
-from tests.helpers import user_error
+from tests.helpers import torch_threads, user_error
 
 BANDS = ("red", "nir", "swir16")
 CLASSES = (
@@ -97,10 +97,8 @@ def config(**fields: object) -> TorchGeoModelConfig:
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One intra-op thread: these tiny forward passes only slow down when threads contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from pipeline.catalog import load_catalog
@@ -17,6 +16,7 @@ from pipeline.training import Sample, TrainOptions, train
 from pipeline.workflow import load_workflow
 from tests.conftest import ROOT
 from tests.data import write_raster
+from tests.helpers import torch_threads
 
 #: The halo under test. With 64 px parity holds for some trainings and not others: three of
 #: the fixture's recipe on an AVX2-only host (two torch threads and 120 steps; one thread and
@@ -67,14 +67,10 @@ def virginia_unet(tmp_path_factory):
     workflow = load_workflow(str(folder / "forest-unet.yaml"))
     options = TrainOptions(epochs=1, steps_per_epoch=120, batch_size=8, chip_size=128, seed=0)
     # Two threads whatever earlier tests left: the thread count changes the trained weights.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         train(
             workflow, [Sample(scene, None, str(label_path))], folder / "unet.ckpt", options=options
         )
-    finally:
-        torch.set_num_threads(threads)
     model = build_model(workflow.model, workflow.classes)
     return model, scene, grid, labels
 

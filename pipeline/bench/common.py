@@ -11,6 +11,7 @@ from typing import Any
 
 from rasterio.crs import CRS
 
+from pipeline import errors
 from pipeline.errors import GeosegError
 from pipeline.grid import Grid
 
@@ -51,10 +52,8 @@ _USER_ERROR = 3
 
 def _user_error(stdout: str) -> GeosegError:
     """The error a step reported on its last line of output, as the same class of error."""
-    import pipeline.errors
-
     report = json.loads(stdout.strip().splitlines()[-1])
-    kind = getattr(pipeline.errors, report["error"], GeosegError)
+    kind = getattr(errors, report["error"], GeosegError)
     if not (isinstance(kind, type) and issubclass(kind, GeosegError)):
         kind = GeosegError
     return kind(report["message"])

@@ -49,6 +49,12 @@ COMMON_BANDS: frozenset[str] = frozenset(
     }
 )
 
+#: Quality bands a catalog may list beside the spectral ones: Sentinel-2 L2A's scene
+#: classification (``scl``) and Landsat Collection 2's pixel quality bits (``qa_pixel``), the
+#: asset keys STAC catalogs of those products use. They hold codes, read as stored (never
+#: scaled), and mask clouds and shadows (:mod:`pipeline.masking`).
+QUALITY_BANDS: frozenset[str] = frozenset({"scl", "qa_pixel"})
+
 _URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|/vsi)", re.IGNORECASE)
 _PKG = "pkg:"
 
@@ -61,8 +67,14 @@ class SceneEntry(BaseModel):
     path: str | None = Field(default=None, description="One multi-band file; needs `bands`.")
     bands: tuple[str, ...] | None = Field(default=None, description="Band names in file order.")
     assets: dict[str, str] | None = Field(default=None, description="Band name → single-band file.")
-    scale: float = Field(default=1.0, description="Multiplier from stored values to reflectance.")
-    offset: float = Field(default=0.0, description="Added after `scale`.")
+    scale: float | tuple[float, ...] = Field(
+        default=1.0,
+        description="Multiplier from stored values to reflectance: one for every band, or a "
+        "list with one per band (in `bands` or `assets` order).",
+    )
+    offset: float | tuple[float, ...] = Field(
+        default=0.0, description="Added after `scale`: one for every band, or one per band."
+    )
     nodata: float | None = Field(default=None, description="Overrides the files' own nodata value.")
     acquired: dt.date | None = None
     series: str | None = Field(default=None, description="Groups scenes of one area over time.")
@@ -94,17 +106,54 @@ class SceneEntry(BaseModel):
             raise ValueError("`path` needs `bands`: the band names in file order")
         if self.assets is not None and self.bands is not None:
             raise ValueError("`bands` goes with `path`; with `assets` the keys name the bands")
-        if self.scale == 0:
-            raise ValueError("`scale` must not be 0")
+        names = self._names()
+        for field in ("scale", "offset"):
+            value = getattr(self, field)
+            if isinstance(value, tuple) and len(value) != len(names):
+                raise ValueError(
+                    f"`{field}` lists {len(value)} values for {len(names)} bands; give one per "
+                    f"band in the order {list(names)}, or a single value for all"
+                )
+        for name, scale, offset in zip(names, self.scales(), self.offsets(), strict=True):
+            if scale == 0:
+                raise ValueError(f"`scale` must not be 0 (band {name!r})")
+            if name in QUALITY_BANDS and (scale, offset) != (1.0, 0.0):
+                raise ValueError(
+                    f"band {name!r} holds quality codes, read as stored: give it scale 1 and "
+                    "offset 0 in the lists"
+                )
         return self
+
+    def _names(self) -> tuple[str, ...]:
+        return self.bands if self.bands is not None else tuple(self.assets or ())
+
+    def scales(self) -> tuple[float, ...]:
+        """The scale of each band in `bands`/`assets` order (quality bands: 1)."""
+        return _per_band(self.scale, self._names(), 1.0)
+
+    def offsets(self) -> tuple[float, ...]:
+        """The offset of each band in `bands`/`assets` order (quality bands: 0)."""
+        return _per_band(self.offset, self._names(), 0.0)
+
+
+def _per_band(
+    value: float | tuple[float, ...], names: tuple[str, ...], identity: float
+) -> tuple[float, ...]:
+    """One value per band: a list as given, a single value for every spectral band."""
+    if isinstance(value, tuple):
+        return value
+    return tuple(identity if n in QUALITY_BANDS else float(value) for n in names)
 
 
 def _check_band_names(names: tuple[str, ...]) -> None:
-    unknown = [n for n in names if n not in COMMON_BANDS]
+    unknown = [n for n in names if n not in COMMON_BANDS | QUALITY_BANDS]
     if unknown:
         raise ValueError(
-            f"unknown band name {unknown[0]!r}; use STAC eo common names: "
+            f"unknown band name {unknown[0]!r}; use STAC eo common names ("
             + ", ".join(sorted(COMMON_BANDS))
+            + ") or a quality band ("
+            + ", ".join(sorted(QUALITY_BANDS))
+            + ")"
         )
 
 
@@ -118,11 +167,16 @@ class CatalogFile(BaseModel):
 
 @dataclass(frozen=True)
 class BandSource:
-    """Where one band of a scene is stored: a file and a 1-based band index in it."""
+    """Where one band of a scene is stored (a file, a 1-based band index in it) and its scaling.
+
+    Stored values × ``scale`` + ``offset`` are reflectance; a quality band keeps 1 and 0.
+    """
 
     name: str
     path: str
     index: int = 1
+    scale: float = 1.0
+    offset: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -131,8 +185,6 @@ class Scene:
 
     id: str
     bands: tuple[BandSource, ...]
-    scale: float = 1.0
-    offset: float = 0.0
     nodata: float | None = None
     acquired: dt.date | None = None
     series: str | None = None
@@ -175,23 +227,29 @@ class Catalog:
             )
         entry = self.entries[scene_id]
         where = f"{self.path}: scene {scene_id!r}"
+        scales, offsets = entry.scales(), entry.offsets()
         if entry.path is not None:
             assert entry.bands is not None  # guaranteed by SceneEntry._one_layout
             path = _resolve_path(entry.path, self.path.parent, f"{where}, field 'path'")
-            sources = tuple(BandSource(n, path, i + 1) for i, n in enumerate(entry.bands))
+            sources = tuple(
+                BandSource(n, path, i + 1, scales[i], offsets[i])
+                for i, n in enumerate(entry.bands)
+            )
         else:
             assert entry.assets is not None
             sources = tuple(
                 BandSource(
-                    name, _resolve_path(p, self.path.parent, f"{where}, field 'assets.{name}'")
+                    name,
+                    _resolve_path(p, self.path.parent, f"{where}, field 'assets.{name}'"),
+                    1,
+                    scales[i],
+                    offsets[i],
                 )
-                for name, p in entry.assets.items()
+                for i, (name, p) in enumerate(entry.assets.items())
             )
         return Scene(
             id=scene_id,
             bands=sources,
-            scale=entry.scale,
-            offset=entry.offset,
             nodata=entry.nodata,
             acquired=entry.acquired,
             series=entry.series,

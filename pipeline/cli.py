@@ -282,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="forward-pass arithmetic; bf16 needs --engine openvino (default: f32)",
     )
     bench.add_argument("--no-peer", action="store_true", help="skip TorchGeo's way")
+    bench.add_argument(
+        "--no-mask", action="store_true", help="skip the cloud mask alone (mask_only_s)"
+    )
     bench.add_argument("--no-baseline", action="store_true", help="skip the whole-raster baseline")
     bench.add_argument("--json", action="store_true", help="print JSON")
 
@@ -325,13 +328,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"{workflow.name} on {args.scene}: {s['counts']['polygons']} polygons, "
             f"{s['times']['total_s']:.1f} s"
         )
-        for c in workflow.classes:
-            if c.vectorize:
-                info = s["counts"]["classes"][c.name]
-                print(
-                    f"  {c.name}: {info['polygons']} polygons, "
-                    f"{info['polygon_area_m2'] / 1e6:.3f} km²"
-                )
+        for name, info in s["counts"]["polygon_classes"].items():
+            print(f"  {name}: {info['polygons']} polygons, {info['polygon_area_m2'] / 1e6:.3f} km²")
         print(f"outputs in {result.folder}")
         for f in result.files:
             print(f"  {f}")
@@ -443,6 +441,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             tile=args.tile_size,
             halo=HALO if args.halo is None else args.halo,
             peer=not args.no_peer,
+            mask=not args.no_mask,
             engine=args.engine,
             precision=args.precision,
         )

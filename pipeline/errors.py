@@ -20,3 +20,10 @@ class SceneError(GeosegError, OSError):
 
 class ModelError(GeosegError, ValueError):
     """A model cannot be built or does not fit the scene it is asked to run on."""
+
+
+class UnusableSceneError(SceneError):
+    """A scene reads fine but cannot give an answer: mostly cloud, or no change to show.
+
+    Batch and monitoring runs record such a scene as unusable and go on with the others.
+    """

@@ -7,7 +7,8 @@ whatever the scene size, the per-class metrics derived from it, and their JSON-s
 tabular forms. It opens no file itself: every read goes through :mod:`pipeline.reading`.
 
 The confusion matrix is indexed ``[predicted, truth]`` over class values 0..254; pixels where
-either side is :data:`~pipeline.reading.NO_LABEL` are not counted.
+either side is :data:`~pipeline.reading.NO_LABEL`, and predicted pixels that a run masked as
+cloud or cloud shadow (:data:`~pipeline.masking.MASK_VALUES`), are not counted.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy.typing as npt
 
 from pipeline.errors import ConfigError, SceneError
 from pipeline.grid import Grid, blocks
+from pipeline.masking import MASK_VALUES
 from pipeline.reading import NO_LABEL, RASTER_SUFFIXES, is_raster, raster_grid, read_labels
 
 #: Edge in pixels of the blocks the evaluation grid is read in; bounds memory per step.
@@ -154,8 +156,9 @@ def accumulate_confusion(
     for block in blocks(grid, block_size):
         p = read_labels(pred, grid, block.window, label_field)
         t = read_labels(truth, grid, block.window, label_field)
-        # Unknown labels on either side say nothing about the prediction's accuracy.
-        keep = (p != NO_LABEL) & (t != NO_LABEL)
+        # Unknown labels on either side say nothing about the prediction's accuracy, and
+        # neither does a pixel the run did not classify because it was masked.
+        keep = (p != NO_LABEL) & (t != NO_LABEL) & ~np.isin(p, MASK_VALUES)
         p_raw, t_raw = p[keep], t[keep]
         p_cls, t_cls = pred_lut[p_raw], truth_lut[t_raw]
         bad_p, bad_t = p_cls < 0, t_cls < 0

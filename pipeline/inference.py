@@ -17,6 +17,7 @@ from rasterio.windows import Window
 from pipeline.catalog import Scene
 from pipeline.errors import ModelError
 from pipeline.grid import Block, Grid, Padding, tile_window
+from pipeline.masking import MaskPlan, combined_mask
 from pipeline.models.engines import OpenVINOModel
 from pipeline.reading import read_window_into
 from pipeline.stitch import NODATA, crop_block, reflect_borders, tile_buffers, window_of
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 
     #: What classifies tiles: a torch module, or a network OpenVINO runs (no torch needed).
     Model = SegmentationModel | OpenVINOModel
+
+#: Each scene of a tile with the plan that masks it.
+Masks = tuple[tuple[MaskPlan, Scene], ...]
 
 
 def predict_tile(
@@ -125,25 +129,43 @@ def _classify_torch(
 
 
 def read_tile(
-    bands: tuple[str, ...], scene: Scene, before: Scene | None, grid: Grid, block: Block, halo: int
-) -> tuple[np.ndarray, np.ndarray, Window, Padding]:
+    bands: tuple[str, ...],
+    scene: Scene,
+    before: Scene | None,
+    grid: Grid,
+    block: Block,
+    halo: int,
+    masks: Masks = (),
+) -> tuple[np.ndarray, np.ndarray, Window, Padding, np.ndarray | None]:
     """Read one block's tile (the block with its halo, reflect-padded at the grid's edges).
 
     With ``before``, its bands come first. Each scene is read straight into the middle of
-    the tile's buffer, whose margins are then mirrored in place.
+    the tile's buffer, whose margins are then mirrored in place. ``masks`` pairs each scene
+    with its :class:`~pipeline.masking.MaskPlan`: the union of their masks (cloud before
+    shadow) is made invalid, and zero like no data, before the margins are mirrored, so that a
+    tile all cloud is never run through the model. Returns ``(data, valid, read, pad, mask)``,
+    ``mask`` over the read window (None when unmasked).
     """
     read, pad = tile_window(grid, block, halo)
     n = len(bands)
     first = n if before is not None else 0
     data, valid = tile_buffers(first + n, int(read.height), int(read.width), pad)
     read_window_into(scene, bands, grid, read, data, valid, (first, pad.top, pad.left))
+    inner = window_of(valid, read, pad)  # a view into the tile's buffer
     if before is not None:
-        inner = window_of(valid, read, pad)  # a view: the before scene's read sets it afresh
         valid_after = inner.copy()
         read_window_into(before, bands, grid, read, data, valid, (0, pad.top, pad.left))
         inner &= valid_after
+    mask = combined_mask(masks, grid, read) if masks else None
+    if mask is not None:
+        mask[~inner] = 0  # no data stays no data
+        masked = mask != 0
+        inner &= ~masked
+        # Masked pixels reach the model as no data does, as zeros: a cloud's reflectance
+        # must not leak into its neighbours' context.
+        window_of(data, read, pad)[:, masked] = 0.0
     reflect_borders(data, valid, pad)
-    return data, valid, read, pad
+    return data, valid, read, pad, mask
 
 
 def process_blocks(
@@ -153,9 +175,11 @@ def process_blocks(
     grid: Grid,
     group: tuple[Block, ...],
     halo: int,
+    masks: Masks = (),
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Read, classify (in one batch per tile shape) and crop blocks; (classes, confidence) each."""
-    return [(c, f) for c, f, _ in process_tiles(model, scene, before, grid, group, halo)]
+    results = process_tiles(model, scene, before, grid, group, halo, masks=masks)
+    return [(c, f) for c, f, _ in results]
 
 
 def process_tiles(
@@ -166,26 +190,32 @@ def process_tiles(
     group: tuple[Block, ...],
     halo: int,
     batch_size: int | None = None,
+    masks: Masks = (),
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """As :func:`process_blocks`, with each tile's classes over its whole read window too.
 
     The window's classes (the block and the halo the tile saw on the grid) are what
     ``seams.tif`` compares with the neighbouring blocks' own classes. Tiles of one shape go
-    through the network ``batch_size`` at a time (all at once when None).
+    through the network ``batch_size`` at a time (all at once when None). With ``masks``
+    (see :func:`read_tile`), masked pixels hold their mask value in the classes and
+    :data:`NODATA` in the confidence.
     """
-    tiles = [read_tile(model.bands, scene, before, grid, b, halo) for b in group]
+    tiles = [read_tile(model.bands, scene, before, grid, b, halo, masks) for b in group]
     empty = np.empty(0)
     results: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [(empty, empty, empty)] * len(group)
-    for members in _by_shape([data.shape for data, _, _, _ in tiles], batch_size or len(group)):
+    for members in _by_shape([t[0].shape for t in tiles], batch_size or len(group)):
         data = _batch([tiles[i][0] for i in members])
         valid = _batch([tiles[i][1] for i in members])
         classes, confidence = predict_batch(model, data, valid)
         for k, i in enumerate(members):
-            _, _, read, pad = tiles[i]
+            _, _, read, pad, mask = tiles[i]
+            window = window_of(classes[k], read, pad)
+            if mask is not None:
+                np.copyto(window, mask, where=mask != 0)
             results[i] = (
                 crop_block(classes[k], read, pad, group[i]),
                 crop_block(confidence[k], read, pad, group[i]),
-                window_of(classes[k], read, pad),
+                window,
             )
     return results
 
@@ -202,9 +232,10 @@ def process_block(
     grid: Grid,
     block: Block,
     halo: int,
+    masks: Masks = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read, classify and crop one block; return its (classes, confidence) arrays."""
-    return process_blocks(model, scene, before, grid, (block,), halo)[0]
+    return process_blocks(model, scene, before, grid, (block,), halo, masks)[0]
 
 
 #: Width (grid pixels) of the swaths :func:`sweep` goes down. A row of 768 tiles three wide,

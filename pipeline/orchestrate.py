@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,9 +39,10 @@ from tqdm import tqdm
 
 from pipeline import __version__
 from pipeline.catalog import Catalog, Scene
-from pipeline.errors import ConfigError, ModelError
+from pipeline.errors import ConfigError, ModelError, UnusableSceneError
 from pipeline.grid import Block, Grid, blocks, pixel_size_m, tile_window
 from pipeline.kernels import count_values
+from pipeline.masking import CLOUD, MASK_CLASSES, MASK_VALUES, SHADOW, plan_mask
 from pipeline.models.card import ModelCard, check_resolution, check_values
 from pipeline.models.engines import NetworkInfo
 from pipeline.publish import (
@@ -50,9 +51,11 @@ from pipeline.publish import (
     PolygonWriter,
     Staging,
     category_style_qml,
+    raster_style_qml,
     write_attributes,
     write_bytes,
     write_json,
+    write_text,
 )
 from pipeline.reading import (
     check_compatible,
@@ -60,6 +63,7 @@ from pipeline.reading import (
     read_band_overview,
     read_band_window,
     read_overview,
+    sample_pixels,
     scene_grid,
 )
 from pipeline.stitch import NODATA, SeamTracker
@@ -89,6 +93,7 @@ from pipeline.workflow import (
 )
 
 if TYPE_CHECKING:
+    from pipeline.inference import Masks
     from pipeline.models import SegmentationModel
     from pipeline.models.engines import OpenVINOModel
 
@@ -152,11 +157,20 @@ class ModelPlugin(WorkerPlugin):
     """
 
     def __init__(
-        self, config: ModelConfig, classes: tuple[ClassDef, ...], converted: str | None = None
+        self,
+        config: ModelConfig,
+        classes: tuple[ClassDef, ...],
+        converted: str | None = None,
+        mask_networks: tuple[str, ...] = (),
+        cache: str | None = None,
+        calibration: Mapping[str, float | list[float]] | None = None,
     ) -> None:
         self.config = config
         self.classes = classes
         self.converted = converted
+        self.mask_networks = mask_networks
+        self.cache = cache
+        self.calibration = dict(calibration or {})
         self.model: SegmentationModel | OpenVINOModel | None = None
 
     def setup(self, worker: Any) -> None:
@@ -167,8 +181,12 @@ class ModelPlugin(WorkerPlugin):
         its first tile and first polygon task are then not 0.1-0.2 s slower than the others.
         """
         from pipeline import inference
+        from pipeline.masking import network
 
         self.model = self._build()
+        cache = Path(self.cache) / "openvino" / "masks" if self.cache else None
+        for name in self.mask_networks:  # compiled once, for the one thread a worker has
+            network.load(name, threads=1, cache_dir=cache)
         inference.warm_up()
         warm_up()
 
@@ -183,7 +201,7 @@ class ModelPlugin(WorkerPlugin):
         from pipeline.models import build_model
 
         torch.set_num_threads(1)
-        model = build_model(self.config, self.classes)
+        model = build_model(self.config, self.classes, self.calibration)
         if torch.cuda.is_available():
             model = model.to("cuda")
         return model
@@ -193,12 +211,20 @@ class ModelPlugin(WorkerPlugin):
         self.model = None
 
 
-def resume_key(workflow: Workflow, scene: Scene, before: Scene | None, grid: Grid) -> str:
-    """Name of the block cache of a run: changes with the scene, grid, model or settings."""
+def resume_key(
+    workflow: Workflow,
+    scene: Scene,
+    before: Scene | None,
+    grid: Grid,
+    masks: Masks = (),
+    calibration: Mapping[str, Any] | None = None,
+) -> str:
+    """Name of the block cache of a run: changes with the scene, grid, model, mask or settings."""
     import hashlib
 
-    h = hashlib.sha256(plugin_name(workflow).encode())
-    h.update(repr((scene, before, grid, workflow.tile_size, workflow.halo, __version__)).encode())
+    h = hashlib.sha256(plugin_name(workflow, calibration).encode())
+    settings = (scene, before, grid, workflow.tile_size, workflow.halo, masks, __version__)
+    h.update(repr(settings).encode())
     for s in (scene, before):
         for band in s.bands if s else ():
             if Path(band.path).is_file():
@@ -207,11 +233,12 @@ def resume_key(workflow: Workflow, scene: Scene, before: Scene | None, grid: Gri
     return h.hexdigest()[:20]
 
 
-def plugin_name(workflow: Workflow) -> str:
-    """A name unique to a model: runs with another model or checkpoint never share one."""
+def plugin_name(workflow: Workflow, calibration: Mapping[str, Any] | None = None) -> str:
+    """A name unique to a model: runs with another model, checkpoint or calibration differ."""
     import hashlib
 
     h = hashlib.sha256(workflow.model.model_dump_json().encode())
+    h.update(json.dumps(dict(calibration or {}), sort_keys=True).encode())
     h.update(repr([c.model_dump() for c in workflow.classes]).encode())
     checkpoint = getattr(workflow.model, "checkpoint", None)
     if checkpoint and Path(checkpoint).is_file():
@@ -229,12 +256,13 @@ def _blocks_task(
     halo: int,
     seams: bool = False,
     batch_size: int | None = None,
+    masks: Masks = (),
 ) -> list[tuple[Block, np.ndarray, np.ndarray, np.ndarray | None]]:
     from pipeline.inference import process_tiles
 
     model = cast(ModelPlugin, get_worker().plugins[plugin]).model
     assert model is not None, "model plugin was not set up"
-    results = process_tiles(model, scene, before, grid, group, halo, batch_size)
+    results = process_tiles(model, scene, before, grid, group, halo, batch_size, masks)
     # A tile's classes over its whole window travel only when seams.tif needs them.
     return [(b, c, f, w if seams else None) for b, (c, f, w) in zip(group, results, strict=True)]
 
@@ -309,9 +337,10 @@ def _scene_info(scene: Scene | None) -> dict[str, Any] | None:
         "acquired": scene.acquired.isoformat() if scene.acquired else None,
         "sensor": scene.sensor,
         "series": scene.series,
-        "scale": scene.scale,
-        "offset": scene.offset,
-        "bands": {b.name: {"path": b.path, "index": b.index} for b in scene.bands},
+        "bands": {
+            b.name: {"path": b.path, "index": b.index, "scale": b.scale, "offset": b.offset}
+            for b in scene.bands
+        },
     }
 
 
@@ -352,7 +381,8 @@ def plan(
             f"workflow {workflow.name!r} compares two dates: give the pre-event scene with "
             "--before ID"
         )
-    if not model.needs_before and before_id is not None:
+    takes_before = model.needs_before or getattr(model, "accepts_before", False)
+    if not takes_before and before_id is not None:
         raise ConfigError(
             f"workflow {workflow.name!r} uses one date only; drop --before {before_id}"
         )
@@ -366,7 +396,114 @@ def plan(
     card = getattr(model, "card", None)
     if isinstance(card, ModelCard):
         check_scene_against_card(card, scene, before, grid)
+    if not isinstance(model, NetworkInfo) and model.value_range:
+        model = fit_to_scenes(workflow, model, scene, before, grid)
     return model, scene, before, grid
+
+
+def fit_to_scenes(
+    workflow: Workflow,
+    model: SegmentationModel,
+    scene: Scene,
+    before: Scene | None,
+    grid: Grid,
+) -> SegmentationModel:
+    """Check a sample of the scenes against the model's value ranges, then calibrate on it.
+
+    Returns the model built with what its :meth:`~SegmentationModel.calibrate` fitted to the
+    sample (:func:`~pipeline.reading.sample_pixels`), or the model itself if nothing was.
+    """
+    from pipeline.models import build_model
+
+    scenes = [before, scene] if before is not None else [scene]
+    samples = sample_pixels(scenes, model.bands, grid)
+    for s, sample in zip(scenes, samples, strict=True):
+        check_value_range(model, s, sample)
+    if before is not None and all(np.array_equal(a, b) for a, b in zip(*samples, strict=True)):
+        raise UnusableSceneError(
+            f"scenes {scene.id!r} and {before.id!r} hold the same values: a pair of identical "
+            "scenes cannot show change; give --before an earlier scene of the same area"
+        )
+    calibration = model.calibrate(samples, pixel_size_m(grid))
+    if not calibration:
+        return model
+    return build_model(workflow.model, workflow.classes, calibration)
+
+
+def check_value_range(model: SegmentationModel, scene: Scene, sample: np.ndarray) -> None:
+    """Raise :class:`ModelError` when a band's sample mostly lies outside the model's range.
+
+    The model expects reflectance, say; a file of digital numbers or display values without
+    the right ``scale``/``offset`` in the catalog stops here, with the fix, before any tile.
+    """
+    for name, values in zip(model.bands, sample, strict=True):
+        if name not in model.value_range or values.size == 0:
+            continue
+        low, high = model.value_range[name]
+        outside = float(((values < low) | (values > high)).mean())
+        if outside <= 0.5:
+            continue
+        median = float(np.median(values))
+        hint = ""
+        if median > 100 * high:
+            hint = (
+                " (they look like digital numbers: Sentinel-2 and Landsat Collection 2 "
+                "reflectance is often stored ×10000, `scale: 0.0001`)"
+            )
+        raise ModelError(
+            f"scene {scene.id!r} band {name!r}: {outside:.0%} of its values after the "
+            f"catalog's scale and offset lie outside {low:g}..{high:g}, which model "
+            f"{model.model_id!r} expects (median {median:.4g}){hint}; describe the file in the "
+            "catalog with `scale` and `offset` so that stored × scale + offset is reflectance, "
+            "as lists with one value per band where bands differ"
+        )
+
+
+def scene_masks(workflow: Workflow, scene: Scene, before: Scene | None, grid: Grid) -> Masks:
+    """Each scene of the run with the plan that masks its clouds and shadows.
+
+    Raises :class:`ConfigError` when the workflow names a method a scene cannot use, and
+    :class:`~pipeline.errors.SceneError` when the bands it reads do not fit the grid.
+    """
+    out = []
+    for s in (scene, before):
+        if s is None:
+            continue
+        mask = plan_mask(workflow.mask, s, grid)
+        if mask.bands:
+            check_compatible(s, mask.bands, grid)
+        out.append((mask, s))
+    return tuple(out)
+
+
+def masked_fractions(counts: np.ndarray) -> dict[str, float]:
+    """Share of the pixels with data that are cloud, shadow and either, from class counts."""
+    with_data = int(counts.sum() - counts[NODATA])
+    cloud, shadow = int(counts[CLOUD]), int(counts[SHADOW])
+    if with_data == 0:
+        return {"cloud": 0.0, "cloud_shadow": 0.0, "total": 0.0}
+    return {
+        "cloud": cloud / with_data,
+        "cloud_shadow": shadow / with_data,
+        "total": (cloud + shadow) / with_data,
+    }
+
+
+def check_masked(
+    workflow: Workflow, scene: Scene, before: Scene | None, counts: np.ndarray
+) -> None:
+    """Raise :class:`UnusableSceneError` when more is masked than the workflow accepts."""
+    share = masked_fractions(counts)
+    limit = workflow.mask.max_masked_fraction
+    if share["total"] <= limit:
+        return
+    which = f"scenes {scene.id!r} and {before.id!r} together" if before else f"scene {scene.id!r}"
+    raise UnusableSceneError(
+        f"{which}: {share['total']:.1%} of the pixels with data are masked (cloud "
+        f"{share['cloud']:.1%}, cloud shadow {share['cloud_shadow']:.1%}), more than the "
+        f"workflow's mask.max_masked_fraction of {limit:.0%}; no output was written. Pick a "
+        "clearer scene, or raise max_masked_fraction to map what is clear"
+    )
 
 
 def default_cache(out: str | Path = RunOptions.out) -> Path:
@@ -391,7 +528,7 @@ def check_scene_against_card(
     row = (grid.height - size[0]) // 2 // _SAMPLE_PX * _SAMPLE_PX
     col = (grid.width - size[1]) // 2 // _SAMPLE_PX * _SAMPLE_PX
     sample = Block(row, col, *size)
-    data, valid, _, _ = read_tile(card.bands, scene, before, grid, sample, 0)
+    data, valid, _, _, _ = read_tile(card.bands, scene, before, grid, sample, 0)
     names = card.bands
     if before is not None:
         names = tuple(f"{b} (before)" for b in card.bands) + card.bands
@@ -415,11 +552,15 @@ def run(
     model, scene, before, grid = plan(
         workflow, catalog, scene_id, before_id, default_cache(options.out)
     )
+    masks = scene_masks(workflow, scene, before, grid)
+    context = getattr(model, "context_px", 0)
+    if context > workflow.halo:  # a model that looks further than the workflow's halo
+        workflow = workflow.with_overrides(halo=context)
     converted = model.folder if isinstance(model, NetworkInfo) else None
     tiles = blocks(grid, workflow.tile_size)
     times["plan_s"] = time.perf_counter() - t0
     folder = Path(options.out).expanduser() / workflow.name / scene.id
-    colormap = {c.value: (*c.rgb, 255) for c in workflow.classes}
+    colormap = {c.value: (*c.rgb, 255) for c in (*workflow.classes, *MASK_CLASSES)}
 
     cleanup = Cleanup(
         sieve_pixels=workflow.cleanup.sieve_pixels,
@@ -427,7 +568,7 @@ def run(
         fill_holes_m2=workflow.cleanup.fill_holes_m2,
         simplify_m=workflow.cleanup.simplify_m,
     )
-    keep = tuple(c.value for c in workflow.classes if c.vectorize)
+    keep = tuple(c.value for c in workflow.polygon_classes())
     with Staging(folder) as staging:
         work_classes = staging.scratch("classes.work.tif")
         work_conf = staging.scratch("confidence.work.tif")
@@ -444,7 +585,9 @@ def run(
                 colormap={0: (0, 0, 0, 0), 1: (230, 20, 20, 255)},
                 description="1: another overlapping tile predicts another class",
             )
-        cache = BlockCache(folder / ".work", resume_key(workflow, scene, before, grid))
+        calibration = dict(getattr(model, "calibration", {}))
+        key = resume_key(workflow, scene, before, grid, masks, calibration)
+        cache = BlockCache(folder / ".work", key)
         t0 = time.perf_counter()
         with (
             # A thread of the client's own for work that can wait: while the workers load the
@@ -476,18 +619,21 @@ def run(
                     seams_out,
                     converted,
                     workers,
+                    masks,
+                    calibration,
                 )
             finally:
                 classes_out.close()
                 conf_out.close()
                 if seams_out is not None:
                     seams_out.close()
+            check_masked(workflow, scene, before, counts)
             # The COG copies run in threads of their own, whose allocations glibc serves from
             # fresh arenas: without this the main arena kept what the tiles stage freed (GDAL's
             # block cache of the working rasters, the results) and the copies added theirs, a
             # client peak of 0.62 GB at 10980² instead of 0.51 GB.
             release_memory()
-            shown = [c for c in workflow.classes if c.vectorize]
+            shown = list(workflow.polygon_classes())
             gpkg = staging.path("polygons.gpkg")
             writer = PolygonWriter(
                 gpkg,
@@ -511,7 +657,15 @@ def run(
                 )
                 staging.track(labels_folder(instances))
             batches = vectorize_on_cluster(
-                client, str(work_classes), str(work_conf), grid, keep, cleanup, options, instances
+                client,
+                str(work_classes),
+                str(work_conf),
+                grid,
+                keep,
+                cleanup,
+                options,
+                instances,
+                workflow.polygon_lookup(),
             )
             # After the tiles the client's cores are shared by the COG copies (a thread each;
             # GDAL releases the GIL), the polygons coming from the workers (this thread writes
@@ -528,6 +682,9 @@ def run(
             image, valid, muted = overview.result()
             shown_classes = read_band_overview(str(work_classes), image.shape[1:])
             picture = pool.submit(_preview_picture, workflow, image, valid, muted, shown_classes)
+            masked = masked_fractions(counts)
+            pixel_w, pixel_h = pixel_size_m(grid)
+            pixel_area = pixel_w * pixel_h  # nominal: at the grid's centre if geographic
             rasters = [
                 (classes_out, staging.path("classes.tif"), "NEAREST"),
                 (conf_out, staging.path("confidence.tif"), "AVERAGE"),
@@ -551,7 +708,16 @@ def run(
                 )
                 preview = pool.submit(
                     _timed,
-                    lambda: _render(picture.result(), workflow, scene, grid, tally, subtitle),
+                    lambda: _render(
+                        picture.result(),
+                        workflow,
+                        scene,
+                        grid,
+                        tally,
+                        subtitle,
+                        masked,
+                        counts * pixel_area,
+                    ),
                 )
 
                 t0 = time.perf_counter()
@@ -592,12 +758,12 @@ def run(
                 times["polygons_s"] = time.perf_counter() - t0
                 png, times["preview_s"] = preview.result()
                 write_bytes(staging.path("preview.png"), png)
+                style = raster_style_qml((*workflow.classes, *MASK_CLASSES))
+                write_text(staging.path("classes.qml"), style)
                 times["cog_s"] = max(c.result() for c in copies) - t1
             # The polygon stage's wall time beyond the COG copies it ran beside.
             times["vectorize_s"] = max(0.0, polygons_done - t1 - times["cog_s"])
 
-        pixel_w, pixel_h = pixel_size_m(grid)
-        pixel_area = pixel_w * pixel_h  # nominal: at the grid's centre if geographic
         summary: dict[str, Any] = {
             "run_id": run_id,
             "created": created,
@@ -613,6 +779,13 @@ def run(
             },
             "model": model.model_id,
             "model_version": version_of_model,
+            "calibration": calibration,
+            "mask": {
+                "scene": masks[0][0].describe(),
+                "before": masks[1][0].describe() if len(masks) > 1 else None,
+                "masked_fraction": masked,
+                "max_masked_fraction": workflow.mask.max_masked_fraction,
+            },
             "execution": {
                 "scheduler": options.scheduler or "local",
                 "workers": len(workers),
@@ -622,14 +795,29 @@ def run(
             "counts": {
                 "pixels": grid.width * grid.height,
                 "nodata_pixels": int(counts[NODATA]),
+                "masked_pixels": {c.name: int(counts[c.value]) for c in MASK_CLASSES},
                 "classes": {
                     c.name: {
                         "pixels": int(counts[c.value]),
                         "area_m2_approx": float(counts[c.value] * pixel_area),
+                    }
+                    | (
+                        {
+                            "polygons": int(tally.count[c.value]),
+                            "polygon_area_m2": float(tally.area_m2[c.value]),
+                        }
+                        if c in shown
+                        else {}
+                    )
+                    for c in workflow.classes
+                },
+                "polygon_classes": {
+                    c.name: {
+                        "value": c.value,
                         "polygons": int(tally.count[c.value]),
                         "polygon_area_m2": float(tally.area_m2[c.value]),
                     }
-                    for c in workflow.classes
+                    for c in shown
                 },
                 "polygons": tally.total,
             },
@@ -663,7 +851,9 @@ def _polygon_fields(
     run_id: str,
 ) -> dict[str, np.ndarray]:
     """The GeoPackage fields of ``polys``, in the order the README documents."""
-    names = np.array([c.name for c in workflow.classes], dtype=object)
+    names = np.full(256, "", dtype=object)
+    for c in workflow.polygon_classes():
+        names[c.value] = c.name
     n = len(polys)
     acquired = scene.acquired.isoformat() if scene.acquired else None
     return {
@@ -770,16 +960,38 @@ def _render(
     grid: Grid,
     tally: PolygonTally,
     subtitle: str,
+    masked: dict[str, float],
+    areas: np.ndarray,
 ) -> bytes:
-    """``preview.png``: the composed map with a legend of each class's polygons and area."""
+    """``preview.png``: the map with a legend of each class's polygons and area, and the mask.
+
+    ``areas`` holds each class value's area in m² (from the pixel counts): a class merged
+    into a polygon class with others shows its own area, and the polygon class its polygons.
+    """
     from pipeline.preview import render_preview
 
+    shown = workflow.polygon_classes()
+    own = {c.value: c for c in shown}
     labels = {}
     for c in workflow.classes:
-        labels[c.value] = (
-            f"{c.name}\n{int(tally.count[c.value]):,} polygons · "
-            f"{_format_area(float(tally.area_m2[c.value]))}"
+        if own.get(c.value) == c:
+            labels[c.value] = (
+                f"{c.name}\n{int(tally.count[c.value]):,} polygons · "
+                f"{_format_area(float(tally.area_m2[c.value]))}"
+            )
+        else:
+            labels[c.value] = f"{c.name}\n{_format_area(float(areas[c.value]))}"
+    for c in MASK_CLASSES:
+        labels[c.value] = f"{c.name.replace('_', ' ')}\n{masked[c.name]:.1%} of the scene"
+    merged = [
+        (
+            c.colour,
+            f"{c.name} (polygons)\n{int(tally.count[c.value]):,} polygons · "
+            f"{_format_area(float(tally.area_m2[c.value]))}",
         )
+        for c in shown
+        if c not in workflow.classes
+    ]
     return render_preview(
         parts.image,
         parts.valid,
@@ -791,6 +1003,7 @@ def _render(
         subtitle=subtitle,
         labels=labels,
         picture=parts.picture,
+        extra=merged,
     )
 
 
@@ -815,6 +1028,8 @@ def _classify(
     seams_out: BlockRaster | None = None,
     converted: Path | None = None,
     workers: dict[str, int] | None = None,
+    masks: Masks = (),
+    calibration: Mapping[str, float | list[float]] | None = None,
 ) -> np.ndarray:
     """Classify every block on Dask, writing each result as it arrives; return class counts.
 
@@ -846,8 +1061,16 @@ def _classify(
         counts += count_values(np.ascontiguousarray(cached[0]))
     times["resumed_blocks"] = len(tiles) - len(todo)
     t0 = time.perf_counter()
-    name = plugin_name(workflow)
-    plugin = ModelPlugin(workflow.model, workflow.classes, str(converted) if converted else None)
+    name = plugin_name(workflow, calibration)
+    networks = tuple(sorted({p.network for p, _ in masks if p.network is not None}))
+    plugin = ModelPlugin(
+        workflow.model,
+        workflow.classes,
+        str(converted) if converted else None,
+        networks,
+        str(default_cache(options.out).resolve()),
+        calibration,
+    )
     client.register_plugin(plugin, name=name)
     times["model_setup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -877,6 +1100,7 @@ def _classify(
             halo,
             seams is not None,
             batch_size,
+            masks,
             key=f"geoseg-blocks-{name}-{scene.id}-{group[0].key}-n{len(group)}"
             f"-h{halo}-{uuid.uuid4().hex[:6]}",
             pure=False,
@@ -928,11 +1152,14 @@ def _vectorize_task(
     keep: tuple[int, ...],
     cleanup: Cleanup,
     labels_dir: str | None,
+    lookup: tuple[int, ...] | None = None,
 ) -> tuple[FinishedBlock, RegionEdges | None]:
     read, _ = tile_window(grid, block, sieve_halo(cleanup))
     classes = read_band_window(classes_path, read)
+    if lookup is not None:  # classes merged into one polygon class (Workflow.polygons)
+        classes = np.asarray(lookup, dtype=np.uint8)[classes]
     confidence = read_band_window(confidence_path, block.window)
-    cleaned = clean_window(classes, read, block, cleanup, NODATA)
+    cleaned = clean_window(classes, read, block, cleanup, NODATA, MASK_VALUES)
     labels = label_regions(cleaned, keep)
     part = polygonize_block(cleaned, confidence, block, grid.width, keep, labels)
     edges = None
@@ -957,6 +1184,7 @@ def vectorize_on_cluster(
     cleanup: Cleanup,
     options: RunOptions,
     instances: BlockRaster | None = None,
+    lookup: tuple[int, ...] | None = None,
 ) -> Iterator[Polygons]:
     """Polygonize the class raster block by block on Dask; polygons come as they are done.
 
@@ -972,6 +1200,8 @@ def vectorize_on_cluster(
     With ``instances``, each pixel's ``instance_id`` is written there once the last batch
     has been taken: workers keep their blocks' region labels on disk beside it, and the
     joins give every label its region's id (see :func:`~pipeline.vectorize.instance_lookup`).
+    ``lookup`` maps class values to the values they are vectorized as (see
+    :meth:`~pipeline.workflow.Workflow.polygon_lookup`).
     """
     parts = blocks(grid, VECTORIZE_BLOCK)
     labels_dir = None
@@ -988,6 +1218,7 @@ def vectorize_on_cluster(
             keep,
             cleanup,
             None if labels_dir is None else str(labels_dir),
+            None if lookup == tuple(range(256)) else lookup,
             key=f"geoseg-vectorize-{b.key}-{uuid.uuid4().hex[:6]}",
             pure=False,
         )

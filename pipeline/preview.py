@@ -26,6 +26,7 @@ from PIL import Image, ImageColor, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from pipeline.grid import Grid, ground_size_m
+from pipeline.masking import MASK_CLASSES
 from pipeline.workflow import ClassDef
 
 #: Longest side of the scene image in a preview, in pixels (the read is decimated to it).
@@ -135,17 +136,17 @@ def compose(
     """The map picture, uint8 ``[h, w, 3]``: the scene muted, the classes blended over it.
 
     ``image`` is ``[3, h, w]`` (red, green, blue) or ``[1, h, w]`` (grey) reflectance; each
-    vectorized class is mixed in at :data:`OVERLAY_ALPHA`; pixels without data are
+    vectorized class, and cloud and cloud shadow (:data:`~pipeline.masking.MASK_CLASSES`), is
+    mixed in at :data:`OVERLAY_ALPHA`; pixels without data are
     :data:`NODATA_COLOUR`. ``muted`` is :func:`muted_scene` of ``image`` when made beforehand;
     then only the class pixels are computed here (at 1000², 0.03 s against 0.10 s).
     """
     base = muted_scene(image, valid) if muted is None else muted
     colour = np.zeros((256, 3), dtype=np.float32)
     alpha = np.zeros(256, dtype=np.float32)
-    for c in class_defs:
-        if c.vectorize:
-            colour[c.value] = [v / 255 for v in c.rgb]
-            alpha[c.value] = OVERLAY_ALPHA
+    for c in _drawn(class_defs):
+        colour[c.value] = [v / 255 for v in c.rgb]
+        alpha[c.value] = OVERLAY_ALPHA
     out = np.empty(base.shape, dtype=np.uint8)
     # By bands of rows, so that the temporaries stay small (the client composes this while
     # its COG copies run): 2 MB at a time instead of 60 MB at 1000².
@@ -173,14 +174,17 @@ def render_preview(
     subtitle: str = "",
     labels: Mapping[int, str] | None = None,
     picture: np.ndarray | None = None,
+    extra: Sequence[tuple[str, str]] = (),
 ) -> bytes:
     """Render the preview and return it as PNG bytes.
 
     The map (:func:`compose`) with a title (scene id and acquisition date), ``subtitle``, a
-    legend of the vectorized classes and a scale bar. ``classes`` is the class raster on the
+    legend of the vectorized classes (and of cloud and cloud shadow where the map shows them)
+    and a scale bar. ``classes`` is the class raster on the
     same decimated pixels as ``image``; ``grid`` is the run's full grid (for the scale bar);
-    ``labels`` replaces a class's legend text (class value → text). ``picture`` is the map
-    when :func:`compose` has already made it of these arrays.
+    ``labels`` replaces a class's legend text (class value → text); ``extra`` entries
+    (``#rrggbb``, text) follow the classes'. ``picture`` is the map when :func:`compose` has
+    already made it of these arrays.
     """
     h, w = classes.shape
     assert image.shape[1:] == (h, w) and valid.shape == (h, w), "arrays must share one shape"
@@ -207,7 +211,14 @@ def render_preview(
     if subtitle:
         draw.text((_MARGIN_PX, 46), subtitle, fill="#444444", font=_font(_SUBTITLE_FONT))
 
-    entries = [(c.colour, (labels or {}).get(c.value, c.name)) for c in class_defs if c.vectorize]
+    present = np.zeros(256, dtype=bool)
+    present[np.unique(classes)] = True
+    entries = [
+        (c.colour, (labels or {}).get(c.value, c.name))
+        for c in _drawn(class_defs)
+        if c.vectorize or present[c.value]
+    ]
+    entries += list(extra)
     if not valid.all():
         entries.append((NODATA_COLOUR, "no data"))
     _legend(draw, _MARGIN_PX + disp_w + 12, _TITLE_PX, entries)
@@ -221,6 +232,11 @@ def render_preview(
     info.add_text("Software", "geoseg")
     out_image.save(out, format="PNG", pnginfo=info, compress_level=PNG_LEVEL)
     return out.getvalue()
+
+
+def _drawn(class_defs: Sequence[ClassDef]) -> list[ClassDef]:
+    """The classes a preview draws: the vectorized ones, then cloud and cloud shadow."""
+    return [c for c in class_defs if c.vectorize] + list(MASK_CLASSES)
 
 
 @functools.cache

@@ -488,6 +488,41 @@ def category_style_qml(field: str, classes: Sequence[ClassDef], outline_mm: floa
     return doctype + ET.tostring(root, encoding="unicode") + "\n"
 
 
+def raster_style_qml(classes: Sequence[ClassDef]) -> str:
+    """A QGIS style (QML) for a class raster: a palette of the classes, named and coloured.
+
+    Written as ``classes.qml`` beside ``classes.tif``, which QGIS applies when it opens the
+    raster (a layer's default style is the ``.qml`` of the same name), so the legend reads
+    the class names, not the values.
+    """
+    root = ET.Element("qgis", {"version": "3.22.0", "styleCategories": "Symbology"})
+    pipe = ET.SubElement(root, "pipe")
+    renderer = ET.SubElement(
+        pipe,
+        "rasterrenderer",
+        {"type": "paletted", "band": "1", "opacity": "1", "alphaBand": "-1", "nodataColor": ""},
+    )
+    ET.SubElement(renderer, "rasterTransparency")
+    palette = ET.SubElement(renderer, "colorPalette")
+    for c in classes:
+        ET.SubElement(
+            palette,
+            "paletteEntry",
+            {"value": str(c.value), "color": c.colour, "alpha": "255", "label": c.name},
+        )
+    ET.SubElement(pipe, "brightnesscontrast", {"brightness": "0", "contrast": "0", "gamma": "1"})
+    ET.SubElement(pipe, "rasterresampler", {"maxOversampling": "2"})
+    ET.SubElement(root, "blendMode").text = "0"
+    ET.indent(root)
+    doctype = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+    return doctype + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` (a style, a document) to ``path`` as UTF-8."""
+    path.write_text(text, encoding="utf-8")
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` (an encoded image such as ``preview.png``) to ``path``."""
     path.write_bytes(data)

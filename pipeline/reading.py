@@ -229,7 +229,7 @@ def _reflectance(
     values: np.ndarray,
     scene: Scene,
     src: rasterio.io.DatasetReader,
-    index: int,
+    band: BandSource,
     out: np.ndarray,
     at: tuple[int, int, int],
     valid: np.ndarray,
@@ -243,18 +243,19 @@ def _reflectance(
     """
     from pipeline.kernels import to_reflectance
 
-    nodata = _nodata_of(values.dtype, scene, src, index)
+    nodata = _nodata_of(values.dtype, scene, src, band.index)
     values = np.ascontiguousarray(values)
-    band, top, left = at
+    scale, offset = band.scale, band.offset
+    channel, top, left = at
     if any(sig[0] == numba.typeof(values) for sig in to_reflectance.signatures):
         to_reflectance(
             values,
             0.0 if nodata is None else nodata,
             nodata is not None,
-            scene.scale,
-            scene.offset,
+            scale,
+            offset,
             out,
-            band,
+            channel,
             top,
             left,
             valid,
@@ -265,9 +266,7 @@ def _reflectance(
         valid[rows, cols] &= np.isfinite(values)
     if nodata is not None:
         valid[rows, cols] &= values != nodata
-    out[band, rows, cols] = values.astype(np.float32) * np.float32(scene.scale) + np.float32(
-        scene.offset
-    )
+    out[channel, rows, cols] = values.astype(np.float32) * np.float32(scale) + np.float32(offset)
 
 
 def read_window(
@@ -275,8 +274,8 @@ def read_window(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read ``bands`` of ``scene`` over ``window`` of ``grid``.
 
-    Returns ``(data, valid)``: float32 ``[len(bands), h, w]`` scaled to reflectance with the
-    scene's ``scale`` and ``offset`` (0 where invalid), and a boolean ``[h, w]`` that is True
+    Returns ``(data, valid)``: float32 ``[len(bands), h, w]`` scaled to reflectance with each
+    band's ``scale`` and ``offset`` (0 where invalid), and a boolean ``[h, w]`` that is True
     where every band holds a real value.
     """
     h, w = int(window.height), int(window.width)
@@ -352,10 +351,52 @@ def read_window_into(
         same = block.shape[1:] == (h, w) and _is_range(ri) and _is_range(ci)
         for k, (i, b) in enumerate(members):
             source = block[k] if same else block[k][np.ix_(ri, ci)]
-            _reflectance(source, scene, src, b.index, data, (b0 + i, r0, c0), valid)
+            _reflectance(source, scene, src, b, data, (b0 + i, r0, c0), valid)
     ok = valid[here]
     if not ok.all():
         data[b0 : b0 + len(bands), here[0], here[1]][:, ~ok] = 0.0
+
+
+#: Pixels a scene's sample holds at most (:func:`sample_pixels`): about a megapixel.
+SAMPLE_WINDOWS = 16
+SAMPLE_EDGE = 64
+
+
+def sample_windows(grid: Grid) -> list[Window]:
+    """Windows a scene is sampled through (:func:`sample_pixels`).
+
+    The whole grid when it holds at most a megapixel, else :data:`SAMPLE_WINDOWS` ×
+    :data:`SAMPLE_WINDOWS` windows of :data:`SAMPLE_EDGE` pixels spread evenly over it:
+    full-resolution pixels, so that statistics fitted to them hold at any scene size, as
+    those of a decimated read would not.
+    """
+    full = SAMPLE_WINDOWS * SAMPLE_EDGE
+    if grid.width * grid.height <= full * full:
+        return [Window(0, 0, grid.width, grid.height)]
+    out = []
+    edge_r, edge_c = min(SAMPLE_EDGE, grid.height), min(SAMPLE_EDGE, grid.width)
+    for i in range(SAMPLE_WINDOWS):
+        for j in range(SAMPLE_WINDOWS):
+            row = (grid.height - edge_r) * (2 * i + 1) // (2 * SAMPLE_WINDOWS)
+            col = (grid.width - edge_c) * (2 * j + 1) // (2 * SAMPLE_WINDOWS)
+            out.append(Window(col, row, edge_c, edge_r))
+    return out
+
+
+def sample_pixels(
+    scenes: list[Scene], bands: tuple[str, ...], grid: Grid
+) -> list[np.ndarray]:
+    """Each scene's ``bands`` where every scene holds data, through :func:`sample_windows`.
+
+    float32 reflectance ``[len(bands), N]`` per scene, in the order of ``scenes``.
+    """
+    parts: list[list[np.ndarray]] = [[] for _ in scenes]
+    for window in sample_windows(grid):
+        reads = [read_window(s, bands, grid, window) for s in scenes]
+        valid = np.logical_and.reduce([v for _, v in reads])
+        for part, (data, _) in zip(parts, reads, strict=True):
+            part.append(data[:, valid])
+    return [np.concatenate(p, axis=1) for p in parts]
 
 
 def _is_range(index: np.ndarray) -> bool:
@@ -418,6 +459,17 @@ def is_raster(path: str) -> bool:
     return Path(path).suffix.lower() in RASTER_SUFFIXES
 
 
+def _polygon_layer(path: str) -> str:
+    """The file's first layer with geometries (a run's GeoPackage also holds tables)."""
+    import pyogrio
+
+    layers = pyogrio.list_layers(path)
+    for name, geometry_type in layers:
+        if geometry_type is not None:
+            return str(name)
+    return str(layers[0][0])
+
+
 def _rasterize_polygons(path: str, grid: Grid, window: Window, field: str) -> np.ndarray:
     import pyogrio
     import shapely
@@ -426,7 +478,8 @@ def _rasterize_polygons(path: str, grid: Grid, window: Window, field: str) -> np
     from rasterio.warp import transform_bounds
 
     try:
-        info = pyogrio.read_info(path)
+        layer = _polygon_layer(path)
+        info = pyogrio.read_info(path, layer=layer)
     except Exception as exc:  # pyogrio raises several unrelated types for unreadable files
         raise SceneError(f"labels {path}: cannot read polygons: {exc}") from None
     if field not in list(info["fields"]):
@@ -445,7 +498,7 @@ def _rasterize_polygons(path: str, grid: Grid, window: Window, field: str) -> np
     bbox = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
     if src_crs != grid_crs:
         bbox = transform_bounds(grid_crs, src_crs, *bbox, densify_pts=21)
-    meta, _, wkb, values = pyogrio.raw.read(path, columns=[field], bbox=bbox)
+    meta, _, wkb, values = pyogrio.raw.read(path, layer=layer, columns=[field], bbox=bbox)
     geoms = shapely.from_wkb(wkb)
     if src_crs != grid_crs:
         tr = Transformer.from_crs(src_crs.to_wkt(), grid.crs_wkt, always_xy=True)
@@ -513,7 +566,7 @@ def read_overview(
                 resampling=Resampling.average,
             )
             for k, (i, b) in enumerate(members):
-                _reflectance(block[k], scene, src, b.index, data, (i, or0, oc0), valid)
+                _reflectance(block[k], scene, src, b, data, (i, or0, oc0), valid)
     if not valid.all():
         data[:, ~valid] = 0.0
     return data, valid

@@ -80,7 +80,7 @@ def _read_chip(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read image [C, size, size] and labels [size, size] of a chip, reflect-padded if small."""
     scene, before = src.sample.scene, src.sample.before
-    data, valid, read, _ = read_tile(bands, scene, before, src.grid, block, 0)
+    data, valid, read, _, _ = read_tile(bands, scene, before, src.grid, block, 0)
     labels = read_labels(src.sample.labels, src.grid, read, label_field)
     labels[~valid] = NO_LABEL
     # Chips larger than the scene: pad to the chip size; the padding carries no label.

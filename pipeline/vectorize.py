@@ -91,7 +91,9 @@ class BlockPolygons:
 SIEVE_PASSES = 4
 
 
-def sieve(classes: np.ndarray, size: int, nodata: int) -> np.ndarray:
+def sieve(
+    classes: np.ndarray, size: int, nodata: int, fixed: tuple[int, ...] = ()
+) -> np.ndarray:
     """Replace regions of fewer than ``size`` pixels by their neighbours' majority class.
 
     Regions are 4-connected. In each of up to :data:`SIEVE_PASSES` passes, every region still
@@ -99,7 +101,9 @@ def sieve(classes: np.ndarray, size: int, nodata: int) -> np.ndarray:
     that lead into regions of at least ``size`` pixels (into any region if there are none;
     nodata ignored; ties to the smaller class), all regions deciding at once; regions of one
     class that now touch become one. A cluster of specks is thus absorbed from its edge
-    inwards. A region with no valid neighbour stays; nodata is never sieved and never spreads.
+    inwards. A region with no valid neighbour stays; nodata is never sieved and never spreads,
+    and neither are the ``fixed`` values (cloud and shadow: a speck of cloud stays cloud, and
+    a class speck surrounded by cloud stays that class).
 
     Each pass depends only on regions within ``2 * size`` pixels, so a block read with a halo
     of :func:`sieve_halo` gets exactly what the whole raster gets. The passes run on the
@@ -108,8 +112,22 @@ def sieve(classes: np.ndarray, size: int, nodata: int) -> np.ndarray:
     """
     if size <= 1:
         return classes
+    original = classes
+    held = None
+    if fixed:
+        lookup = np.zeros(256, dtype=bool)
+        lookup[list(fixed)] = True
+        held = lookup[_as_uint8(classes)]
+        if held.any():
+            classes = np.where(held, np.uint8(nodata), _as_uint8(classes))
+        else:
+            held = None
     out, sieved = kernels.sieve_regions(_as_uint8(classes), int(size), int(nodata), SIEVE_PASSES)
-    return out if sieved else classes
+    if not sieved:
+        return original
+    if held is not None:
+        out[held] = _as_uint8(original)[held]
+    return out
 
 
 def _label_all(classes: np.ndarray, nodata: int) -> tuple[np.ndarray, int]:
@@ -594,10 +612,11 @@ def vectorize(
     fill_holes_m2: float = 0.0,
     simplify_m: float = 0.0,
     as_wkb: bool = False,
+    fixed: tuple[int, ...] = (),
 ) -> Polygons:
     """Polygonize an in-memory class raster block by block (the whole raster if no block size).
 
-    ``as_wkb`` as for :func:`merge_blocks`.
+    ``as_wkb`` as for :func:`merge_blocks`; ``fixed`` values are never sieved (:func:`sieve`).
     """
     from pipeline.grid import blocks, tile_window
 
@@ -610,7 +629,7 @@ def vectorize(
         window_classes = classes[
             read.row_off : read.row_off + read.height, read.col_off : read.col_off + read.width
         ]
-        cleaned = clean_window(window_classes, read, block, cleanup, nodata)
+        cleaned = clean_window(window_classes, read, block, cleanup, nodata, fixed)
         conf = confidence[
             block.row_off : block.row_off + block.height,
             block.col_off : block.col_off + block.width,
@@ -741,10 +760,18 @@ def sieve_halo(cleanup: Cleanup) -> int:
 
 
 def clean_window(
-    classes: np.ndarray, read: object, block: Block, cleanup: Cleanup, nodata: int
+    classes: np.ndarray,
+    read: object,
+    block: Block,
+    cleanup: Cleanup,
+    nodata: int,
+    fixed: tuple[int, ...] = (),
 ) -> np.ndarray:
-    """Sieve a block read with :func:`sieve_halo` around it, then cut the block out."""
-    cleaned = sieve(classes, cleanup.sieve_pixels, nodata)
+    """Sieve a block read with :func:`sieve_halo` around it, then cut the block out.
+
+    ``fixed`` values are never sieved (see :func:`sieve`).
+    """
+    cleaned = sieve(classes, cleanup.sieve_pixels, nodata, fixed)
     top = block.row_off - int(read.row_off)  # type: ignore[attr-defined]
     left = block.col_off - int(read.col_off)  # type: ignore[attr-defined]
     return cleaned[top : top + block.height, left : left + block.width]

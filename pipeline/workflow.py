@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from pipeline.errors import ConfigError
 
@@ -23,6 +30,17 @@ _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 PROJECT_WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 
 
+def _hex_colour(value: str) -> str:
+    """``value`` in lower case if it is ``#rrggbb``, else a ValueError."""
+    if not _COLOUR.match(value):
+        raise ValueError(f"colour {value!r} is not #rrggbb")
+    return value.lower()
+
+
+#: A display colour, ``#rrggbb`` (kept in lower case).
+Colour = Annotated[str, AfterValidator(_hex_colour), Field(description="Display colour, #rrggbb.")]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -30,22 +48,33 @@ class _Strict(BaseModel):
 class ClassDef(_Strict):
     """One output class: its raster value, name, display colour and whether it becomes polygons."""
 
-    value: int = Field(ge=0, le=254, description="Value in classes.tif (255 is nodata).")
+    value: int = Field(
+        ge=0,
+        le=254,
+        description="Value in classes.tif (255 is nodata; a workflow's classes stop below 253, "
+        "cloud shadow, and 254, cloud).",
+    )
     name: str = Field(min_length=1)
-    colour: str = Field(description="Display colour, #rrggbb.")
+    colour: Colour
     vectorize: bool = Field(default=True, description="Write polygons of this class.")
-
-    @field_validator("colour")
-    @classmethod
-    def _hex(cls, v: str) -> str:
-        if not _COLOUR.match(v):
-            raise ValueError(f"colour {v!r} is not #rrggbb")
-        return v.lower()
 
     @property
     def rgb(self) -> tuple[int, int, int]:
         """The colour as 0–255 integers."""
         return int(self.colour[1:3], 16), int(self.colour[3:5], 16), int(self.colour[5:7], 16)
+
+
+class PolygonClass(_Strict):
+    """Vectorized classes that become polygons together, as one polygon class.
+
+    Its polygons are the connected regions of those classes taken as one (a burn scar of
+    every severity, say), cleaned as one: holes filled, small ones dropped. They carry the
+    first of the classes' values, and this name and colour.
+    """
+
+    name: str = Field(min_length=1)
+    colour: Colour
+    classes: tuple[int, ...] = Field(min_length=1, description="Class values merged.")
 
 
 class IndexModelConfig(_Strict):
@@ -146,6 +175,29 @@ class CleanupConfig(_Strict):
     )
 
 
+class MaskConfig(_Strict):
+    """How clouds and cloud shadows are masked before the model (:mod:`pipeline.masking`)."""
+
+    method: Literal["auto", "quality", "network", "spectral", "none"] = Field(
+        default="auto",
+        description="auto: the scene's quality band, else the cloud networks, else the "
+        "spectral test; or one of them by name; none: no mask.",
+    )
+    max_masked_fraction: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="Stop (exit 2) when more than this fraction of the scene's pixels with "
+        "data is cloud or shadow.",
+    )
+    buffer_m: float = Field(
+        default=60.0,
+        ge=0,
+        le=5000,
+        description="Grow cloud and shadow by this distance (m): their edges are fuzzy.",
+    )
+
+
 class Workflow(_Strict):
     """A validated workflow."""
 
@@ -158,18 +210,64 @@ class Workflow(_Strict):
     )
     halo: int = Field(default=0, ge=0, description="Context pixels read around each block.")
     cleanup: CleanupConfig = CleanupConfig()
+    mask: MaskConfig = MaskConfig()
+    polygons: tuple[PolygonClass, ...] = Field(
+        default=(),
+        description="Vectorized classes merged into one polygon class each; the other "
+        "vectorized classes stay polygon classes of their own.",
+    )
 
     @model_validator(mode="after")
     def _classes_consistent(self) -> Workflow:
         values = [c.value for c in self.classes]
         if values != list(range(len(values))):
             raise ValueError(f"class values must be 0, 1, 2, … in order; got {values}")
+        if len(values) > 253:
+            raise ValueError("at most 253 classes: values 253 and 254 mark cloud shadow and cloud")
         names = [c.name for c in self.classes]
         if len(set(names)) != len(names):
             raise ValueError(f"class names repeat: {names}")
         if not any(c.vectorize for c in self.classes):
             raise ValueError("no class has `vectorize: true`; polygons would be empty")
+        vectorized = {c.value for c in self.classes if c.vectorize}
+        seen: set[int] = set()
+        for group in self.polygons:
+            stray = sorted(set(group.classes) - vectorized)
+            if stray:
+                raise ValueError(
+                    f"polygons {group.name!r}: classes {stray} are not vectorized classes"
+                )
+            if seen & set(group.classes):
+                raise ValueError(f"polygons {group.name!r}: a class is in two polygon classes")
+            seen |= set(group.classes)
+        names = [c.name for c in self.polygon_classes()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"polygon class names repeat: {names}")
         return self
+
+    def polygon_classes(self) -> tuple[ClassDef, ...]:
+        """What becomes polygons, in class order.
+
+        Each ``polygons`` entry (valued by its first class), and each vectorized class in none.
+        """
+        first = {min(g.classes): g for g in self.polygons}
+        grouped = {v for g in self.polygons for v in g.classes}
+        out = []
+        for c in self.classes:
+            if c.value in first:
+                g = first[c.value]
+                out.append(ClassDef(value=c.value, name=g.name, colour=g.colour))
+            elif c.vectorize and c.value not in grouped:
+                out.append(c)
+        return tuple(out)
+
+    def polygon_lookup(self) -> tuple[int, ...]:
+        """Raster value → the value its pixels are vectorized as (merged classes share one)."""
+        lookup = list(range(256))
+        for g in self.polygons:
+            for v in g.classes:
+                lookup[v] = min(g.classes)
+        return tuple(lookup)
 
     def with_overrides(self, tile_size: int | None = None, halo: int | None = None) -> Workflow:
         """Return a copy with command-line overrides applied and validated."""

@@ -4,10 +4,12 @@ Not a test module: tests/test_qgis.py runs it with Debian's ``/usr/bin/python3``
 PyQGIS (``python3-qgis``) but not the project's virtual environment, so it uses the standard
 library and PyQGIS only.
 
-Usage: ``python3 tests/qgis_client.py GPKG OUT_DIR LAYER [LAYER ...]``. Opens every LAYER
-with ``QgsVectorLayer``, renders the spatial ones to ``OUT_DIR/map.png`` and writes
-``OUT_DIR/report.json``: per layer its validity, feature count, CRS, renderer and categories,
-the rows of non-spatial tables, and every message QGIS logged.
+Usage: ``python3 tests/qgis_client.py [--raster TIF] GPKG OUT_DIR LAYER [LAYER ...]``. Opens
+every LAYER with ``QgsVectorLayer``, renders the spatial ones to ``OUT_DIR/map.png`` and
+writes ``OUT_DIR/report.json``: per layer its validity, feature count, CRS, renderer and
+categories, the rows of non-spatial tables, and every message QGIS logged. With ``--raster``,
+that raster is opened with ``QgsRasterLayer`` too and reported under ``raster``: validity,
+renderer and, for a paletted one, its classes (value, label, colour).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from qgis.core import (
     QgsApplication,
     QgsMapRendererSequentialJob,
     QgsMapSettings,
+    QgsRasterLayer,
     QgsRectangle,
     QgsVectorLayer,
 )
@@ -81,7 +84,25 @@ def render(layers: list[QgsVectorLayer], path: Path) -> None:
     job.renderedImage().save(str(path), "PNG")
 
 
-def inspect(gpkg: str, out_dir: str, layer_names: list[str], report: dict[str, Any]) -> None:
+def describe_raster(layer: QgsRasterLayer) -> dict[str, Any]:
+    info: dict[str, Any] = {"valid": layer.isValid(), "crs": layer.crs().authid()}
+    renderer = layer.renderer()
+    info["renderer"] = renderer.type() if renderer is not None else None
+    if renderer is not None and renderer.type() == "paletted":
+        info["classes"] = [
+            {"value": int(c.value), "label": c.label, "colour": c.color.name()}
+            for c in renderer.classes()
+        ]
+    return info
+
+
+def inspect(
+    gpkg: str,
+    out_dir: str,
+    layer_names: list[str],
+    report: dict[str, Any],
+    raster: str | None = None,
+) -> None:
     try:
         from osgeo import gdal
 
@@ -94,9 +115,11 @@ def inspect(gpkg: str, out_dir: str, layer_names: list[str], report: dict[str, A
     spatial = [lyr for lyr in layers.values() if lyr.isValid() and lyr.isSpatial()]
     if spatial:
         render(spatial, Path(out_dir) / "map.png")
+    if raster is not None:
+        report["raster"] = describe_raster(QgsRasterLayer(raster, "classes"))
 
 
-def main(gpkg: str, out_dir: str, layer_names: list[str]) -> None:
+def main(gpkg: str, out_dir: str, layer_names: list[str], raster: str | None = None) -> None:
     app = QgsApplication([], False)
     app.initQgis()
     messages: list[dict[str, Any]] = []
@@ -107,11 +130,15 @@ def main(gpkg: str, out_dir: str, layer_names: list[str]) -> None:
     )
     report: dict[str, Any] = {"qgis": Qgis.QGIS_VERSION, "layers": {}, "messages": messages}
     # Layers live only inside inspect(): QGIS crashes on exit if any outlives exitQgis().
-    inspect(gpkg, out_dir, layer_names, report)
+    inspect(gpkg, out_dir, layer_names, report, raster)
     app.processEvents()
     Path(out_dir, "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     app.exitQgis()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3:])
+    args = sys.argv[1:]
+    tif = None
+    if args[:1] == ["--raster"]:
+        tif, args = args[1], args[2:]
+    main(args[0], args[1], args[2:], tif)

@@ -129,6 +129,7 @@ def test_bench_model_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert r["peer_unpredicted_pixels"] == 0
     assert 0 <= r["peer_agreement"] <= 1 and 0 <= r["tile_parity"] <= 1
     assert r["parity_window"] == 512
+    assert r["mask_only_s"] > 0 and r["mask_s_per_mpx"] > 0 and r["mask_only_peak_rss_mb"] > 0
 
 
 def test_bench_rejects_a_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

@@ -57,13 +57,12 @@ def test_synthetic_catalog_loads_and_resolves(synthetic_catalog: Catalog, tmp_pa
     assert synthetic_catalog.path == (tmp_path / "data_catalog.yaml").resolve()
     scene = synthetic_catalog.scene("synth")
     assert scene.id == "synth"
-    assert scene.band_names == ("red", "nir", "swir16")
+    assert scene.band_names == ("green", "red", "nir", "swir16")
     for band in scene.bands:
         assert band.index == 1
         assert Path(band.path).is_absolute()
         assert Path(band.path) == (tmp_path / "synth" / f"{band.name}.tif").resolve()
-    assert scene.scale == 0.0001
-    assert scene.offset == 0.0
+    assert {(b.scale, b.offset) for b in scene.bands} == {(0.0001, 0.0)}
     assert scene.nodata is None
     assert scene.acquired == dt.date(2024, 6, 1)
     assert scene.sensor == "sentinel-2-l1c"
@@ -90,7 +89,8 @@ def test_multiband_path_entry_gives_file_order_indexes(tmp_path: Path):
     scene = load_catalog(path).scene("stack")
     assert [(b.name, b.index) for b in scene.bands] == [("swir16", 1), ("nir", 2), ("red", 3)]
     assert {b.path for b in scene.bands} == {str((tmp_path / "stack.tif").resolve())}
-    assert (scene.scale, scene.offset, scene.nodata, scene.series) == (2.0, -1.0, 65535.0, "s")
+    assert {(b.scale, b.offset) for b in scene.bands} == {(2.0, -1.0)}
+    assert (scene.nodata, scene.series) == (65535.0, "s")
 
 
 def test_unquoted_valid_date_is_accepted(tmp_path: Path):
@@ -156,7 +156,7 @@ def test_project_catalog_demo_scene_resolves_through_pkg(project_catalog: Catalo
         assert path.is_file()
         assert path.name == S2_FILES[band.name]
         assert path.is_relative_to(package_root)
-    assert scene.scale == 0.0001
+    assert {b.scale for b in scene.bands} == {0.0001}
     assert scene.nodata == 0
     assert project_catalog.available("s2-virginia") is None
 
@@ -280,6 +280,50 @@ def test_zero_scale(tmp_path: Path):
     path = catalog_yaml(tmp_path, {"s1": {"assets": {"red": "a.tif"}, "scale": 0}})
     message = _error(ConfigError, load_catalog, path)
     assert "'s1'" in message and "`scale`" in message
+
+
+def test_per_band_scale_and_offset_lists(tmp_path: Path):
+    _tif(tmp_path / "stack.tif", bands=3)
+    entry = {"path": "stack.tif", "bands": ["swir16", "nir", "red"]}
+    path = catalog_yaml(
+        tmp_path, {"s": {**entry, "scale": [0.002, 0.003, 0.004], "offset": [0, -0.1, 0.1]}}
+    )
+    scene = load_catalog(path).scene("s")
+    assert [(b.name, b.scale, b.offset) for b in scene.bands] == [
+        ("swir16", 0.002, 0.0),
+        ("nir", 0.003, -0.1),
+        ("red", 0.004, 0.1),
+    ]
+    for field, value, needle in [
+        ("scale", [0.1, 0.2], "`scale` lists 2 values for 3 bands"),
+        ("offset", [0, 0, 0, 0], "`offset` lists 4 values for 3 bands"),
+        ("scale", [0.1, 0, 0.1], "`scale` must not be 0 (band 'nir')"),
+    ]:
+        path = catalog_yaml(tmp_path, {"s": {**entry, field: value}})
+        message = _error(ConfigError, load_catalog, path)
+        assert "'s'" in message and needle in message, message
+
+
+def test_quality_bands_are_read_as_stored(tmp_path: Path):
+    _tif(tmp_path / "a.tif")
+    assets = {"red": "a.tif", "nir": "a.tif", "scl": "a.tif"}
+    scene = load_catalog(
+        catalog_yaml(tmp_path, {"s": {"assets": assets, "scale": 0.0001, "offset": -0.1}})
+    ).scene("s")
+    assert [(b.name, b.scale, b.offset) for b in scene.bands] == [
+        ("red", 0.0001, -0.1),
+        ("nir", 0.0001, -0.1),
+        ("scl", 1.0, 0.0),
+    ]
+    # In a list, a quality band's entry must say so.
+    bad = {"assets": assets, "scale": [0.0001, 0.0001, 0.0001]}
+    message = _error(ConfigError, load_catalog, catalog_yaml(tmp_path, {"s": bad}))
+    assert "band 'scl' holds quality codes" in message and "scale 1 and offset 0" in message
+    # qa_pixel is known too; other names still are not.
+    catalog_yaml(tmp_path, {"s": {"assets": {"red": "a.tif", "qa_pixel": "a.tif"}}})
+    unknown = catalog_yaml(tmp_path, {"s": {"assets": {"red": "a.tif", "fmask": "a.tif"}}})
+    message = _error(ConfigError, load_catalog, unknown)
+    assert "'fmask'" in message and "qa_pixel, scl" in message
 
 
 def test_invalid_yaml(tmp_path: Path):

@@ -240,6 +240,23 @@ def test_class_maps_recode_both_sides(tmp_path):
     assert [(c.value, c.name) for c in report.classes] == [(0, "other"), (1, "burn")]
 
 
+def test_masked_prediction_pixels_are_not_counted(tmp_path):
+    from pipeline.masking import CLOUD, SHADOW
+
+    pred = np.random.default_rng(6).integers(0, 7, (8, 10)).astype(np.uint8)
+    pred[:3, :4] = CLOUD
+    pred[5:, 6:] = SHADOW
+    truth = np.random.default_rng(7).integers(0, 2, (8, 10)).astype(np.uint8)
+    p = write_raster(tmp_path / "pred.tif", pred, T10, nodata=NODATA)
+    t = write_raster(tmp_path / "truth.tif", truth, T10)
+
+    report = evaluate(str(p), str(t), pred_map=parse_class_map("0-2=0,3-6=1"))
+
+    clear = pred < SHADOW
+    assert report.pixels == int(clear.sum()) == 80 - 12 - 12
+    assert _pairs(report) == _expected_pairs((pred[clear] >= 3).astype(np.uint8), truth[clear])
+
+
 def test_pred_finer_than_truth_on_an_offset_grid(tmp_path):
     # Truth: 20 m, 5 x 6, at the origin. Prediction: 10 m, 12 x 10, starting 25 m east and
     # 25 m south, so some truth pixels lie outside it and no truth centre falls on a 10 m edge.

@@ -214,7 +214,7 @@ def _cost(group: tuple[Block, ...]) -> int:
 
 def _forest(folder: Path, seed: int) -> Scene:
     paths = forest_scene(folder, height=45, width=38, seed=seed)
-    return Scene(folder.name, tuple(BandSource(n, str(p)) for n, p in paths.items()), scale=1e-4)
+    return Scene(folder.name, tuple(BandSource(n, str(p), scale=1e-4) for n, p in paths.items()))
 
 
 @pytest.mark.parametrize(("size", "halo"), [(16, 4), (16, 15), (40, 30)])
@@ -227,7 +227,7 @@ def test_read_tile_is_the_read_window_reflect_padded(tmp_path: Path, size: int, 
     grid = scene_grid(scene, bands)
     for block in blocks(grid, size):
         for earlier in (None, before):
-            data, valid, read, pad = read_tile(bands, scene, earlier, grid, block, halo)
+            data, valid, read, pad, _ = read_tile(bands, scene, earlier, grid, block, halo)
             expected, expected_valid = read_window(scene, bands, grid, read)
             if earlier is not None:
                 data_b, valid_b = read_window(earlier, bands, grid, read)

@@ -10,9 +10,12 @@ import torch
 from pipeline.errors import GeosegError, ModelError
 from pipeline.models import SegmentationModel, build_model
 from pipeline.models.indices import (
+    BurnedAreaModel,
     FireSeverityModel,
+    ForestIFZModel,
     ForestIndexModel,
     MiningBareGroundModel,
+    darker_component,
 )
 from pipeline.workflow import IndexModelConfig, load_workflow
 
@@ -22,9 +25,10 @@ WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 KEY_BENSON = (-0.25, -0.1, 0.1, 0.27, 0.44, 0.66)
 
 SHIPPED = {
+    "forest-ifz": (ForestIFZModel, ("red", "nir", "swir16"), False, 3),
     "forest-ndvi-swir": (ForestIndexModel, ("red", "nir", "swir16"), False, 2),
     "fire-dnbr": (FireSeverityModel, ("nir", "swir22"), True, 7),
-    "mining-bare-ground": (MiningBareGroundModel, ("red", "nir", "swir16"), True, 2),
+    "mining-bare-ground": (MiningBareGroundModel, ("green", "red", "nir", "swir16"), True, 2),
 }
 
 
@@ -99,8 +103,22 @@ def test_output_shape_channels_last(name: str) -> None:
 @pytest.mark.parametrize(
     ("workflow", "cls", "attrs"),
     [
-        ("forest", ForestIndexModel, {"ndvi_min": 0.55, "swir16_max": 0.15, "softness": 0.02}),
-        ("fire", FireSeverityModel, {"boundaries": list(KEY_BENSON), "softness": 0.02}),
+        (
+            "forest",
+            ForestIFZModel,
+            {"ndvi_min": 0.45, "ifz_max": 3.0, "loss_ndmi_drop": 0.1, "softness": 0.02},
+        ),
+        (
+            "fire",
+            BurnedAreaModel,
+            {
+                "burn_threshold": 0.05,
+                "red_veto": 0.75,
+                "smoothing_m": 20.0,
+                "closing_m": 30.0,
+                "softness": 0.02,
+            },
+        ),
         (
             "mining",
             MiningBareGroundModel,
@@ -108,6 +126,9 @@ def test_output_shape_channels_last(name: str) -> None:
                 "ndvi_before_min": 0.5,
                 "ndvi_after_max": 0.25,
                 "ndbi_after_min": -0.05,
+                "ndbi_before_max": 0.0,
+                "mndwi_max": 0.0,
+                "water_buffer_m": 500.0,
                 "softness": 0.03,
             },
         ),
@@ -340,10 +361,27 @@ def test_fire_dnbr_matches_independent_nbr() -> None:
 
 # --- mining ---------------------------------------------------------------------------------
 
-VEGETATED = (0.04, 0.40, 0.15)  # red, nir, swir16: NDVI 0.82
-BARE = (0.15, 0.20, 0.30)  # NDVI 0.14, NDBI 0.2
-WATER = (0.05, 0.03, 0.01)  # NDVI -0.25, NDBI -0.5
-DRY_GRASS = (0.10, 0.16, 0.25)  # NDVI 0.23 before: not vegetated enough
+VEGETATED = (0.06, 0.04, 0.40, 0.15)  # green, red, nir, swir16: NDVI 0.82, NDBI -0.45
+BARE = (0.12, 0.15, 0.20, 0.30)  # NDVI 0.14, NDBI 0.2, MNDWI -0.43
+WATER = (0.08, 0.05, 0.03, 0.01)  # NDVI -0.25, NDBI -0.5, MNDWI 0.78
+DRY_GRASS = (0.09, 0.10, 0.16, 0.25)  # NDVI 0.23 before: not vegetated enough
+GREEN_ON_ROCK = (0.06, 0.04, 0.40, 0.45)  # NDVI 0.82 but NDBI 0.06: bare already
+FLOODED_GREEN = (0.20, 0.04, 0.40, 0.10)  # NDVI 0.82 but MNDWI 0.33: water before
+
+
+def _mining_tests(model: MiningBareGroundModel, before, after) -> bool:
+    """The rule, computed independently of the model (in float64)."""
+    (g_b, r_b, n_b, s_b), (g_a, r_a, n_a, s_a) = (
+        [np.array(v) for v in date] for date in (before, after)
+    )
+    return bool(
+        (_nd(n_b, r_b) >= model.ndvi_before_min)
+        & (_nd(n_a, r_a) <= model.ndvi_after_max)
+        & (_nd(s_a, n_a) >= model.ndbi_after_min)
+        & (_nd(s_b, n_b) < model.ndbi_before_max)
+        & (_nd(g_b, s_b) <= model.mndwi_max)
+        & (_nd(g_a, s_a) <= model.mndwi_max)
+    )
 
 
 @pytest.mark.parametrize(
@@ -354,23 +392,15 @@ DRY_GRASS = (0.10, 0.16, 0.25)  # NDVI 0.23 before: not vegetated enough
         (VEGETATED, VEGETATED, 0),
         (BARE, BARE, 0),
         (DRY_GRASS, BARE, 0),
+        (GREEN_ON_ROCK, BARE, 0),
+        (FLOODED_GREEN, BARE, 0),
     ],
 )
-def test_mining_cases(
-    before: tuple[float, float, float], after: tuple[float, float, float], expected: int
-) -> None:
+def test_mining_cases(before: tuple[float, ...], after: tuple[float, ...], expected: int) -> None:
     model = _build("mining-bare-ground")
     assert isinstance(model, MiningBareGroundModel)
     # The cases must be what their names say under the model's own thresholds.
-    ndvi_b = _nd(np.array(before[1]), np.array(before[0]))
-    ndvi_a = _nd(np.array(after[1]), np.array(after[0]))
-    ndbi_a = _nd(np.array(after[2]), np.array(after[1]))
-    independent = (
-        (ndvi_b >= model.ndvi_before_min)
-        and (ndvi_a <= model.ndvi_after_max)
-        and (ndbi_a >= model.ndbi_after_min)
-    )
-    assert int(independent) == expected
+    assert int(_mining_tests(model, before, after)) == expected
     channels = [np.array([v]) for v in (*before, *after)]
     assert _classes(model, channels).tolist() == [expected]
 
@@ -385,11 +415,164 @@ def test_mining_class_is_the_thresholded_one_near_thresholds() -> None:
     red_a, nir_a = _red_nir_for_ndvi(model.ndvi_after_max + da, np.full(len(db), 0.1))
     ndbi = model.ndbi_after_min + dx
     swir_a = nir_a * (1 + ndbi) / (1 - ndbi)
-    swir_b = np.full(len(db), 0.15)
+    swir_b = nir_b * 0.5  # NDBI before -0.33: not bare
+    green = np.full(len(db), 0.02)  # MNDWI < 0 in both dates: no water
     expected = (
         (_nd(nir_b, red_b) >= model.ndvi_before_min)
         & (_nd(nir_a, red_a) <= model.ndvi_after_max)
         & (_nd(swir_a, nir_a) >= model.ndbi_after_min)
     )
-    got = _classes(model, [red_b, nir_b, swir_b, red_a, nir_a, swir_a])
+    assert 0 < expected.sum() < len(expected)
+    got = _classes(model, [green, red_b, nir_b, swir_b, green, red_a, nir_a, swir_a])
     np.testing.assert_array_equal(got, expected.astype(np.int64))
+
+
+def test_mining_keeps_a_buffer_of_the_grid_pixels_from_water() -> None:
+    model = _build("mining-bare-ground")
+    assert model.calibrate([], pixel_m=(100.0, 90.0)) == {"pixel_w_m": 100.0, "pixel_h_m": 90.0}
+    buffered = _build("mining-bare-ground", pixel_w_m=100.0, pixel_h_m=100.0)
+    assert buffered.context_px == 5 and model.context_px == 0
+    # A row of 20 pixels: water in the new scene at pixel 0, bare new ground everywhere else.
+    before = np.array([VEGETATED] * 20).T
+    after = np.array([WATER] + [BARE] * 19).T
+    x = torch.from_numpy(np.concatenate([before, after]).astype(np.float32)[None, :, None, :])
+    with torch.no_grad():
+        near = buffered(x).argmax(dim=1)[0, 0].numpy()
+        plain = model(x).argmax(dim=1)[0, 0].numpy()
+    assert plain.tolist() == [0] + [1] * 19
+    assert near.tolist() == [0] * 6 + [1] * 14  # within 5 pixels of the water: not mining
+
+
+# --- forest (integrated forest z-score) ------------------------------------------------------
+
+
+def _forest_sample(seed: int = 0) -> np.ndarray:
+    """Red, NIR, SWIR16 of 3000 pixels: 1000 forest, 1500 crops, 500 bare soil."""
+    rng = np.random.default_rng(seed)
+    forest = [
+        rng.normal(0.03, 0.003, 1000),
+        rng.normal(0.30, 0.03, 1000),
+        rng.normal(0.12, 0.01, 1000),
+    ]
+    crops = [
+        rng.normal(0.06, 0.006, 1500),
+        rng.normal(0.35, 0.04, 1500),
+        rng.normal(0.22, 0.02, 1500),
+    ]
+    soil = [rng.normal(0.15, 0.02, 500), rng.normal(0.20, 0.02, 500), rng.normal(0.30, 0.03, 500)]
+    return np.stack([np.concatenate(parts) for parts in zip(forest, crops, soil, strict=True)])
+
+
+def test_darker_component_splits_two_gaussians() -> None:
+    rng = np.random.default_rng(1)
+    values = np.concatenate([rng.normal(0.03, 0.003, 1000), rng.normal(0.06, 0.006, 1500)])
+    dark = darker_component(values)
+    assert dark[:1000].mean() > 0.97 and dark[1000:].mean() < 0.03
+
+
+def test_forest_is_calibrated_on_the_scenes_own_dark_vegetation() -> None:
+    model = _build("forest-ifz")
+    fitted = model.calibrate([_forest_sample()])
+    assert set(fitted) == {"forest_mean", "forest_std"}
+    np.testing.assert_allclose(fitted["forest_mean"], [0.03, 0.12], atol=0.002)
+    np.testing.assert_allclose(fitted["forest_std"], [0.003, 0.01], rtol=0.2)
+    two = model.calibrate([_forest_sample(2) + 0.01, _forest_sample(3)])
+    assert set(two) == {"forest_mean", "forest_std", "before_forest_mean", "before_forest_std"}
+    assert two["before_forest_mean"][0] == pytest.approx(0.04, abs=0.002)
+    # A scene with no vegetation has no forest to calibrate on, and maps none.
+    bare = np.stack([np.full(500, 0.2), np.full(500, 0.25), np.full(500, 0.3)])
+    assert model.calibrate([bare]) == {"forest_mean": [], "forest_std": []}
+    uncalibrated = _build("forest-ifz")
+    assert (_classes(uncalibrated, list(_forest_sample()[:, :5])) == 0).all()
+
+
+def test_forest_class_is_vegetated_and_within_ifz_max() -> None:
+    mean, std = [0.03, 0.12], [0.003, 0.01]
+    model = _build("forest-ifz", forest_mean=mean, forest_std=std)
+    rng = np.random.default_rng(4)
+    z = rng.uniform(-5, 5, (2, 400))
+    red, swir = mean[0] + z[0] * std[0], mean[1] + z[1] * std[1]
+    ndvi = rng.uniform(0.3, 0.6, 400)
+    red = np.abs(red) + 1e-3
+    nir = red * (1 + ndvi) / (1 - ndvi)
+    ifz = np.sqrt((((red - mean[0]) / std[0]) ** 2 + ((swir - mean[1]) / std[1]) ** 2) / 2)
+    expected = (_nd(nir, red) >= model.ndvi_min) & (ifz <= model.ifz_max)
+    far = (np.abs(ifz - model.ifz_max) > 0.01) & (np.abs(_nd(nir, red) - model.ndvi_min) > 1e-3)
+    assert 50 < expected.sum() < 350
+    got = _classes(model, [red, nir, swir])
+    np.testing.assert_array_equal(got[far], expected[far].astype(np.int64))
+    assert set(got.tolist()) <= {0, 1}  # no loss without an earlier date
+
+
+def test_forest_loss_needs_forest_before_none_now_and_a_drop_in_ndmi() -> None:
+    stats = {"forest_mean": [0.03, 0.12], "forest_std": [0.003, 0.01]}
+    before_stats = {f"before_{k}": v for k, v in stats.items()}
+    model = _build("forest-ifz", **stats, **before_stats)
+    forest = (0.03, 0.30, 0.12)  # NDMI 0.43
+    cleared = (0.08, 0.25, 0.25)  # NDVI 0.51, IFZ 12: not forest; NDMI 0.0
+    greened = (0.06, 0.40, 0.16)  # NDVI 0.74, IFZ 4: not forest; NDMI 0.43: no drop
+    cases = [(forest, cleared, 2), (forest, forest, 1), (forest, greened, 0), (cleared, cleared, 0)]
+    for before, after, expected in cases:
+        channels = [np.array([v]) for v in (*before, *after)]
+        assert _classes(model, channels).tolist() == [expected], (before, after)
+
+
+# --- burned area ---------------------------------------------------------------------------
+
+
+def _fire_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A 60 x 60 pre/post pair (red, nir, swir22) at 20 m: a burned disc, a harvested field.
+
+    Returns the input [1, 6, 60, 60], and masks of the disc, the field and a gap in the disc.
+    """
+    yy, xx = np.mgrid[0:60, 0:60]
+    disc = (yy - 25) ** 2 + (xx - 25) ** 2 < 15**2
+    gap = (yy == 25) & (xx >= 22) & (xx <= 28)  # a 1-pixel line the fire skipped
+    field = (yy >= 45) & (xx >= 45)
+    pre = np.stack([np.full((60, 60), v) for v in (0.04, 0.30, 0.12)])  # NBR 0.43
+    post = pre.copy()
+    burned = disc & ~gap
+    post[:, burned] = np.array([0.05, 0.12, 0.20])[:, None]  # NBR -0.25: dNBR 0.68
+    post[:, field] = np.array([0.15, 0.20, 0.25])[:, None]  # NBR -0.11, red x3.75
+    x = np.concatenate([pre, post]).astype(np.float32)[None]
+    return x, disc, field, gap
+
+
+def test_burned_area_calibrates_the_scenes_offsets_and_pixel_size() -> None:
+    model = _build("fire-burned-dnbr")
+    x, disc, field, _ = _fire_scene()
+    samples = [x[0, :3].reshape(3, -1), x[0, 3:].reshape(3, -1)]
+    fitted = model.calibrate(samples, (20.0, 20.0))
+    assert fitted["dnbr_median"] == pytest.approx(0.0, abs=1e-6)  # most of it unburned
+    assert fitted["red_log_median"] == pytest.approx(0.0, abs=1e-6)
+    assert (fitted["pixel_w_m"], fitted["pixel_h_m"]) == (20.0, 20.0)
+    calibrated = _build("fire-burned-dnbr", **fitted)
+    # 3 sigma of 20 m smoothing and twice the 30 m closing, in 20 m pixels.
+    assert calibrated.context_px == 6 and model.context_px == 0
+
+
+def test_burned_area_fills_gaps_vetoes_brightening_and_classes_severity() -> None:
+    x, disc, field, gap = _fire_scene()
+    model = _build("fire-burned-dnbr", pixel_w_m=20.0, pixel_h_m=20.0)
+    with torch.no_grad():
+        classes = model(torch.from_numpy(x)).argmax(dim=1)[0].numpy()
+    inside = disc & ~gap
+    assert (classes[inside & (np.abs(np.mgrid[0:60, 0:60][0] - 25) < 12)] == 6).all()  # high
+    assert (classes[gap] >= 3).all()  # closed over: burned, at its own (low) severity
+    assert (classes[gap] == 3).all()
+    assert (classes[field] <= 2).all()  # lost NBR but brightened in red: harvest, not fire
+    from scipy import ndimage
+
+    # Unburned beyond the smoothing's reach (σ one pixel) of the disc and the field: their
+    # edges spread a pixel (the field's fringe is a sliver the 20 ha minimum drops).
+    reach = ndimage.binary_dilation(disc | field, iterations=2)
+    assert (classes[~reach] == 2).all()
+    # Without the veto the field would burn.
+    no_veto = _build("fire-burned-dnbr", pixel_w_m=20.0, pixel_h_m=20.0, red_veto=100.0)
+    with torch.no_grad():
+        assert (no_veto(torch.from_numpy(x)).argmax(dim=1)[0].numpy()[field] >= 3).all()
+    # No-data pixels (zeros in every band) are never burned.
+    x[:, :, 20:30, 20:30] = 0.0
+    with torch.no_grad():
+        hole = model(torch.from_numpy(x)).argmax(dim=1)[0].numpy()[20:30, 20:30]
+    assert (hole <= 2).all()

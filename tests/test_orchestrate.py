@@ -37,7 +37,7 @@ from pipeline.orchestrate import (
     run,
 )
 from pipeline.reading import read_window
-from pipeline.workflow import Workflow, load_workflow
+from pipeline.workflow import IndexModelConfig, Workflow, load_workflow
 from tests.data import catalog_yaml, forest_scene, write_raster
 
 
@@ -57,7 +57,15 @@ def test_plan_finds_user_errors_before_any_cluster(synthetic_catalog, forest, tm
     fire = load_workflow("fire")
     with pytest.raises(ConfigError, match="--before"):
         plan(fire, synthetic_catalog, "synth", None)
+    one_date = forest.model_copy(
+        update={
+            "model": IndexModelConfig(kind="index", name="forest-ndvi-swir"),
+            "classes": forest.classes[:2],
+        }
+    )
     with pytest.raises(ConfigError, match="drop --before"):
+        plan(one_date, synthetic_catalog, "synth", "synth")
+    with pytest.raises(ConfigError, match="names the same scene"):
         plan(forest, synthetic_catalog, "synth", "synth")
     with pytest.raises(ConfigError, match="no scene 'nope'"):
         plan(forest, synthetic_catalog, "nope", None)
@@ -65,11 +73,11 @@ def test_plan_finds_user_errors_before_any_cluster(synthetic_catalog, forest, tm
         update={
             "classes": (
                 *forest.classes,
-                forest.classes[1].model_copy(update={"value": 2, "name": "x"}),
+                forest.classes[1].model_copy(update={"value": 3, "name": "x"}),
             )
         }
     )
-    with pytest.raises(ModelError, match="lists 3 classes but model"):
+    with pytest.raises(ModelError, match="lists 4 classes but model"):
         plan(three, synthetic_catalog, "synth", None)
 
 
@@ -80,7 +88,7 @@ def test_plan_rejects_a_before_scene_elsewhere(tmp_path):
     from affine import Affine
 
     moved = {}
-    for name in ("red", "nir", "swir16"):
+    for name in ("green", "red", "nir", "swir16"):
         with rasterio.open(here[name]) as src:
             arr, t = src.read(), src.transform
         moved[name] = write_raster(
@@ -149,6 +157,7 @@ def test_run_writes_every_output_tile_size_independent(synthetic_catalog, forest
         assert res.folder == tmp_path / f"t{tile}" / "forest" / "synth"
         names = sorted(p.name for p in res.folder.iterdir())
         assert names == [
+            "classes.qml",
             "classes.tif",
             "confidence.tif",
             "polygons.gpkg",
@@ -520,7 +529,7 @@ def test_run_writes_seams_where_overlapping_tiles_disagree(synthetic_catalog, tm
     want = np.zeros_like(classes)
     tiles = blocks(grid, 32)
     for c in tiles:
-        data, valid, read, pad = read_tile(model.bands, scene, None, grid, c, 8)
+        data, valid, read, pad, _ = read_tile(model.bands, scene, None, grid, c, 8)
         prediction = window_of(predict_batch(model, data[None], valid[None])[0][0], read, pad)
         for b in tiles:
             final = classes[b.row_off : b.row_off + b.height, b.col_off : b.col_off + b.width]
@@ -535,3 +544,161 @@ def test_run_writes_seams_where_overlapping_tiles_disagree(synthetic_catalog, tm
     want[classes == NODATA] = NODATA
     np.testing.assert_array_equal(seams, want)
     assert (seams == 1).sum() > 0
+
+
+# --- clouds and shadows ---------------------------------------------------------------------
+
+
+def _scl_catalog(tmp_path, codes_by_scene: dict[str, list[tuple[int, int, int, int, int]]]):
+    """Synthetic forest scenes, each with an SCL band holding ``codes`` (see tests/data.py)."""
+    from tests.data import quality_band
+
+    entries = {}
+    for seed, (scene_id, codes) in enumerate(codes_by_scene.items()):
+        paths = forest_scene(tmp_path / scene_id, seed=seed)
+        paths["scl"] = quality_band(tmp_path / scene_id / "scl.tif", 96, 80, codes)
+        entries[scene_id] = {
+            "assets": {k: str(v) for k, v in paths.items()},
+            "scale": 0.0001,
+            "sensor": "sentinel-2-l2a",
+        }
+    return load_catalog(catalog_yaml(tmp_path, entries))
+
+
+def _masked(workflow: Workflow, **settings) -> Workflow:
+    from pipeline.workflow import MaskConfig
+
+    return workflow.model_copy(update={"mask": MaskConfig(**settings)})
+
+
+def test_masked_pixels_keep_their_values_and_never_become_polygons(forest, tmp_path):
+    from pipeline.masking import CLOUD, SHADOW
+
+    # Cloud over the forest half and shadow over the crop half (20 m pixels of the SCL band).
+    catalog = _scl_catalog(tmp_path, {"s": [(10, 20, 5, 12, 9), (30, 40, 25, 35, 3)]})
+    opts = RunOptions(out=tmp_path / "out", workers=2, progress=False)
+    plain = run(
+        _masked(forest, method="none").with_overrides(tile_size=32),
+        catalog,
+        "s",
+        options=RunOptions(out=tmp_path / "plain", workers=1, progress=False),
+    )
+    res = run(_masked(forest, buffer_m=0).with_overrides(tile_size=32), catalog, "s", options=opts)
+    read = {}
+    for folder in (plain.folder, res.folder):
+        for name in ("classes", "confidence"):
+            with rasterio.open(folder / f"{name}.tif") as src:
+                read[folder, name] = src.read(1)
+    classes, confidence = read[res.folder, "classes"], read[res.folder, "confidence"]
+    cloud = np.zeros(classes.shape, dtype=bool)
+    cloud[20:40, 9:23] = True
+    shadow = np.zeros(classes.shape, dtype=bool)
+    shadow[60:80, 49:69] = True
+    assert (classes[cloud] == CLOUD).all() and (classes[shadow] == SHADOW).all()
+    masked = cloud | shadow
+    assert (confidence[masked] == NODATA).all()
+    # Elsewhere the run is the unmasked run, pixel for pixel (the sieve does not move masks).
+    np.testing.assert_array_equal(classes[~masked], read[plain.folder, "classes"][~masked])
+    np.testing.assert_array_equal(confidence[~masked], read[plain.folder, "confidence"][~masked])
+    with rasterio.open(res.folder / "classes.tif") as src:
+        colours = src.colormap(1)
+    assert colours[CLOUD][:3] == (0xC6, 0xDB, 0xEF) and colours[SHADOW][:3] == (0x52, 0x52, 0x52)
+
+    _, _, geoms, _ = pyogrio.raw.read(res.folder / "polygons.gpkg", layer="forest")
+    polys = shapely.union_all(shapely.from_wkb(geoms))
+    x0, y0 = 435730.0, 4179460.0
+    cloud_box = shapely.box(x0 + 90, y0 - 400, x0 + 230, y0 - 200)
+    assert polys.intersection(cloud_box).area == 0
+    assert polys.intersection(cloud_box.buffer(20)).area > 0  # forest right up to the cloud
+
+    summary = json.loads((res.folder / "run.json").read_text())
+    mask = summary["mask"]
+    assert mask["scene"]["method"] == "quality" and mask["scene"]["bands"] == ["scl"]
+    assert mask["before"] is None and mask["max_masked_fraction"] == 0.9
+    with_data = int((classes != NODATA).sum())
+    assert mask["masked_fraction"]["cloud"] == pytest.approx(cloud.sum() / with_data)
+    assert mask["masked_fraction"]["cloud_shadow"] == pytest.approx(shadow.sum() / with_data)
+    assert summary["counts"]["masked_pixels"] == {
+        "cloud_shadow": int(shadow.sum()),
+        "cloud": int(cloud.sum()),
+    }
+
+
+def test_two_date_runs_mask_what_is_cloudy_in_either_date(tmp_path):
+    from pipeline.masking import CLOUD, SHADOW
+
+    catalog = _scl_catalog(
+        tmp_path, {"pre": [(10, 20, 5, 12, 9)], "post": [(10, 20, 8, 15, 3), (30, 40, 25, 35, 3)]}
+    )
+    mining = _masked(load_workflow("mining"), buffer_m=0).with_overrides(tile_size=40)
+    res = run(mining, catalog, "post", "pre", RunOptions(out=tmp_path, workers=1, progress=False))
+    with rasterio.open(res.folder / "classes.tif") as src:
+        classes = src.read(1)
+    assert (classes[20:40, 9:23] == CLOUD).all()  # cloud before, over shadow after
+    assert (classes[20:40, 23:29] == SHADOW).all()  # shadow after only
+    assert (classes[60:80, 49:69] == SHADOW).all()
+    mask = json.loads((res.folder / "run.json").read_text())["mask"]
+    assert mask["scene"]["method"] == mask["before"]["method"] == "quality"
+
+
+def test_a_mostly_masked_scene_stops_and_leaves_earlier_outputs(forest, tmp_path):
+    from pipeline.errors import UnusableSceneError
+
+    catalog = _scl_catalog(tmp_path, {"s": [(0, 49, 0, 41, 9)]})  # all of it cloud
+    opts = RunOptions(out=tmp_path, workers=1, progress=False)
+    earlier = run(_masked(forest, method="none"), catalog, "s", options=opts)
+    kept = {p.name: p.read_bytes() for p in earlier.folder.iterdir() if p.is_file()}
+    with pytest.raises(UnusableSceneError) as info:
+        run(forest, catalog, "s", options=opts)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "scene 's': 100.0% of the pixels with data are masked (cloud 100.0%" in message
+    assert "max_masked_fraction of 90%" in message and "no output was written" in message
+    after = {p.name: p.read_bytes() for p in earlier.folder.iterdir() if p.is_file()}
+    assert after == kept
+    # Allowed everything, the same scene maps as all cloud.
+    res = run(_masked(forest, max_masked_fraction=1.0), catalog, "s", options=opts)
+    assert (
+        json.loads((res.folder / "run.json").read_text())["mask"]["masked_fraction"]["total"] == 1
+    )
+
+
+# --- scenes checked against the model -------------------------------------------------------
+
+
+def test_values_that_are_not_reflectance_stop_with_the_fix(tmp_path):
+    paths = {k: str(v) for k, v in forest_scene(tmp_path / "s").items()}
+    cat = load_catalog(
+        catalog_yaml(
+            tmp_path,
+            {
+                "raw": {"assets": paths},  # digital numbers, no scale
+                "tenfold": {"assets": paths, "scale": 0.001},
+                "red-off": {"assets": paths, "scale": [0.0001, 0.01, 0.0001, 0.0001]},
+                "ok": {"assets": paths, "scale": 0.0001},
+            },
+        )
+    )
+    forest = load_workflow("forest")
+    message = str(pytest.raises(ModelError, plan, forest, cat, "raw", None).value)
+    assert "scene 'raw' band 'red'" in message and "outside -0.1..1.2" in message
+    assert "look like digital numbers" in message and "`scale: 0.0001`" in message
+    assert "one value per band" in message and "\n" not in message
+    message = str(pytest.raises(ModelError, plan, forest, cat, "red-off", None).value)
+    assert "band 'red'" in message and "digital numbers" not in message
+    # Ten times too large: red (0.3) would pass, NIR (2.7) does not.
+    message = str(pytest.raises(ModelError, plan, forest, cat, "tenfold", None).value)
+    assert "band 'nir'" in message and "median 2.7" in message
+    model = plan(forest, cat, "ok", None)[0]
+    assert set(model.calibration) == {"forest_mean", "forest_std"}
+    np.testing.assert_allclose(model.calibration["forest_mean"], [0.031, 0.1], atol=0.002)
+
+
+def test_a_pair_of_identical_scenes_is_refused(tmp_path):
+    from pipeline.errors import UnusableSceneError
+
+    paths = {k: str(v) for k, v in forest_scene(tmp_path / "s").items()}
+    entry = {"assets": paths, "scale": 0.0001}
+    cat = load_catalog(catalog_yaml(tmp_path, {"a": entry, "b": entry}))
+    with pytest.raises(UnusableSceneError, match="identical scenes cannot show change"):
+        plan(load_workflow("mining"), cat, "b", "a")

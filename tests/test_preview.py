@@ -140,6 +140,23 @@ def test_compose_blends_vectorized_classes_only():
     assert tuple(out[0, 0]) == tuple(int(NODATA_COLOUR[i : i + 2], 16) for i in (1, 3, 5))
 
 
+def test_compose_draws_cloud_and_shadow_in_their_colours():
+    from pipeline.masking import MASK_CLASSES
+
+    image, valid = _checkerboard(4, 4)
+    classes = np.zeros((4, 4), np.uint8)
+    cloud_shadow, cloud = MASK_CLASSES
+    classes[0, :2] = cloud.value
+    classes[3, 2:] = cloud_shadow.value
+    out = compose(image, valid, classes, FOREST)
+    for mask_class in MASK_CLASSES:
+        rows, cols = np.nonzero(classes == mask_class.value)
+        for r, c in zip(rows, cols, strict=True):
+            base = 255 if image[0, r, c] > 0.2 else 0  # the muted checkerboard under it
+            blended = (1 - OVERLAY_ALPHA) * base + OVERLAY_ALPHA * np.array(mask_class.rgb)
+            assert (np.abs(out[r, c] - blended) <= 0.5 + 1e-3).all(), mask_class.name
+
+
 def test_compose_of_one_band_is_grey_under_the_classes():
     rng = np.random.default_rng(0)
     image = rng.random((1, 20, 20)).astype(np.float32)
@@ -241,8 +258,10 @@ def _check_run_preview(run: CliRun, classes: tuple[ClassDef, ...]) -> np.ndarray
     rgb = _rgb(png)
     assert rgb.std() > 20
     summary = json.loads((run.folder / "run.json").read_text())
-    for c in classes:
-        if c.vectorize and summary["counts"]["classes"][c.name]["polygons"]:
+    workflow = load_workflow(summary["workflow"]["name"])
+    # Each vectorized class has its swatch in the legend, and so has a merged polygon class.
+    for c in (*classes, *workflow.polygon_classes()):
+        if c.vectorize:
             assert _count(rgb, c.rgb) > 80, c.name
     return rgb
 

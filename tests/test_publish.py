@@ -23,6 +23,7 @@ from pipeline.publish import (
     Staging,
     category_style_qml,
     overview_factors,
+    raster_style_qml,
     small_block_cache,
     write_attributes,
     write_bytes,
@@ -421,6 +422,21 @@ def test_category_style_qml_has_one_category_per_class() -> None:
         options = {o.get("name"): o.get("value") for o in layer.findall("Option/Option")}
         assert props["color"] == options["color"] == rgba
         assert props["style"] == "solid"
+
+
+def test_raster_style_qml_is_a_palette_of_named_classes() -> None:
+    from pipeline.masking import MASK_CLASSES
+
+    classes = (*_fire_classes(), *MASK_CLASSES)
+    root = ET.fromstring(raster_style_qml(classes))
+    renderer = root.find("pipe/rasterrenderer")
+    assert renderer is not None and renderer.get("type") == "paletted"
+    assert renderer.get("band") == "1"
+    entries = renderer.findall("colorPalette/paletteEntry")
+    assert [(e.get("value"), e.get("label"), e.get("color")) for e in entries] == [
+        (str(c.value), c.name, c.colour) for c in classes
+    ]
+    assert entries[-1].get("label") == "cloud" and entries[-2].get("label") == "cloud_shadow"
 
 
 def test_layer_style_is_stored_for_qgis(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import pytest
 import shapely
 from PIL import Image
 
+from pipeline.masking import MASK_CLASSES
 from pipeline.publish import GPKG_VERSION
 from pipeline.workflow import load_workflow
 from tests.conftest import CliRun
@@ -58,12 +59,15 @@ def pyqgis(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return SYSTEM_PYTHON
 
 
-def open_in_qgis(python: Path, gpkg: Path, out: Path) -> tuple[dict[str, Any], str]:
-    """Open every layer GDAL lists in ``gpkg`` with QGIS; return its report and stderr."""
+def open_in_qgis(
+    python: Path, gpkg: Path, out: Path, raster: Path | None = None
+) -> tuple[dict[str, Any], str]:
+    """Open every layer GDAL lists in ``gpkg`` (and ``raster``) with QGIS; report and stderr."""
     out.mkdir(parents=True, exist_ok=True)
     layers = [str(name) for name in pyogrio.list_layers(gpkg)[:, 0]]
+    options = ["--raster", str(raster)] if raster is not None else []
     proc = subprocess.run(
-        [str(python), str(CLIENT), str(gpkg), str(out), *layers],
+        [str(python), str(CLIENT), *options, str(gpkg), str(out), *layers],
         env=_env(out),
         capture_output=True,
         text=True,
@@ -101,7 +105,7 @@ def test_qgis_opens_the_geopackage_styled(
     gpkg = cli_run.folder / "polygons.gpkg"
     summary = json.loads((cli_run.folder / "run.json").read_text())
     workflow = load_workflow(summary["workflow"]["name"])
-    report, stderr = open_in_qgis(pyqgis, gpkg, tmp_path)
+    report, stderr = open_in_qgis(pyqgis, gpkg, tmp_path, cli_run.folder / "classes.tif")
 
     # Every layer opens, and nothing complains about the GeoPackage (version 1.4 would).
     assert all(info["valid"] for info in report["layers"].values()), report["layers"]
@@ -115,9 +119,18 @@ def test_qgis_opens_the_geopackage_styled(
     assert layer["renderer"] == "categorizedSymbol"
     assert layer["class_attribute"] == "class"
     assert not layer["labels_enabled"]
-    shown = [c for c in workflow.classes if c.vectorize]
+    shown = workflow.polygon_classes()
     assert layer["categories"] == [
         {"value": str(c.value), "label": c.name, "colour": c.colour, "render": True} for c in shown
+    ]
+
+    # classes.tif opens with its style (classes.qml): a palette of named classes, cloud and
+    # cloud shadow among them.
+    raster = report["raster"]
+    assert raster["valid"] and raster["crs"] == crs and raster["renderer"] == "paletted"
+    expected = [*workflow.classes, *MASK_CLASSES]
+    assert raster["classes"] == [
+        {"value": c.value, "label": c.name, "colour": c.colour} for c in expected
     ]
 
     # The provenance table reads as a table of one row: this run's.

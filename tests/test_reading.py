@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,8 +49,11 @@ COARSE = {
 }
 
 
-def _scene(paths: dict[str, Path], scene_id: str = "t", **kwargs) -> Scene:
-    return Scene(scene_id, tuple(BandSource(n, str(p)) for n, p in paths.items()), **kwargs)
+def _scene(
+    paths: dict[str, Path], scene_id: str = "t", scale: float = 1.0, **kwargs: Any
+) -> Scene:
+    bands = tuple(BandSource(n, str(p), scale=scale) for n, p in paths.items())
+    return Scene(scene_id, bands, **kwargs)
 
 
 def _error(fn, *args) -> str:
@@ -392,6 +396,18 @@ def test_scale_applies_to_every_band_of_a_multiband_file(tmp_path: Path):
     assert valid.all()
     assert (data[0] == 30 * 0.5 + 1).all()
     assert (data[1] == 10 * 0.5 + 1).all()
+
+
+def test_per_band_scale_and_offset_lists(tmp_path: Path):
+    stack = np.stack([np.full((3, 3), v, dtype=np.uint8) for v in (10, 20, 30)])
+    write_raster(tmp_path / "stack.tif", stack, T10)
+    entry = {"path": "stack.tif", "bands": ["swir16", "nir", "red"]}
+    entry |= {"scale": [0.002, 0.004, 0.001], "offset": [-0.01, 0.0, 0.005]}
+    scene = load_catalog(catalog_yaml(tmp_path, {"s": entry})).scene("s")
+    data, valid = _read_all(scene, ("red", "swir16", "nir"))
+    assert valid.all()
+    expected = [30 * 0.001 + 0.005, 10 * 0.002 - 0.01, 20 * 0.004]
+    np.testing.assert_allclose(data[:, 0, 0], expected, rtol=1e-6)
 
 
 # --- (5) windowed reads ---------------------------------------------------------------------

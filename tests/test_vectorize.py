@@ -232,6 +232,21 @@ def test_nodata_is_not_sieved_away() -> None:
     np.testing.assert_array_equal(cleaned == NODATA, classes == NODATA)
 
 
+def test_fixed_values_are_never_sieved_and_never_spread() -> None:
+    cloud, shadow = 254, 253
+    classes = np.zeros((8, 8), np.uint8)
+    classes[0, 0] = cloud  # a 1-pixel cloud speck in class 0: stays cloud
+    classes[3:8, 3:8] = shadow
+    classes[5, 5] = 1  # a class speck inside the shadow: stays, as inside nodata
+    classes[2, 6] = 1  # a speck on the shadow's edge: takes the valid neighbours' class
+    cleaned = sieve(classes, 4, NODATA, fixed=(shadow, cloud))
+    expected = classes.copy()
+    expected[2, 6] = 0
+    np.testing.assert_array_equal(cleaned, expected)
+    # Without them fixed, the cloud speck would have become class 0.
+    assert sieve(classes, 4, NODATA)[0, 0] == 0
+
+
 @pytest.mark.parametrize("size", [0, 1])
 def test_clean_classes_without_sieve_is_identity(size: int) -> None:
     classes = _blobs(15, 17, seed=3)

@@ -205,6 +205,66 @@ def test_no_vectorized_class(tmp_path: Path):
     assert "vectorize" in message
 
 
+def _three_classes() -> dict:
+    data = _variant()
+    data["classes"].append({"value": 2, "name": "loss", "colour": "#e7298a"})
+    return data
+
+
+def test_polygon_classes_merge_vectorized_classes(tmp_path: Path):
+    plain = load_workflow(str(_write(tmp_path, _three_classes())))
+    assert [(c.value, c.name) for c in plain.polygon_classes()] == [(1, "forest"), (2, "loss")]
+    assert plain.polygon_lookup() == tuple(range(256))
+    data = _three_classes() | {
+        "polygons": [{"name": "woods", "colour": "#00FF00", "classes": [2, 1]}]
+    }
+    merged = load_workflow(str(_write(tmp_path, data)))
+    (woods,) = merged.polygon_classes()
+    assert (woods.value, woods.name, woods.colour, woods.vectorize) == (1, "woods", "#00ff00", True)
+    lookup = merged.polygon_lookup()
+    assert lookup[:4] == (0, 1, 1, 3) and lookup[253:] == (253, 254, 255)
+    # The fire workflow's perimeters: every burned severity class, as one.
+    fire = load_workflow("fire")
+    assert [(c.value, c.name) for c in fire.polygon_classes()] == [(3, "burned")]
+
+
+@pytest.mark.parametrize(
+    ("groups", "needle"),
+    [
+        ([{"name": "g", "colour": "#000000", "classes": [0]}], "classes [0] are not vectorized"),
+        ([{"name": "g", "colour": "#000000", "classes": [7]}], "classes [7] are not vectorized"),
+        (
+            [
+                {"name": "a", "colour": "#000000", "classes": [1]},
+                {"name": "b", "colour": "#000000", "classes": [1, 2]},
+            ],
+            "in two polygon classes",
+        ),
+        ([{"name": "loss", "colour": "#000000", "classes": [1]}], "polygon class names repeat"),
+        ([{"name": "g", "colour": "green", "classes": [1]}], "is not #rrggbb"),
+        ([{"name": "g", "colour": "#000000", "classes": []}], "polygons.0.classes"),
+    ],
+)
+def test_polygon_classes_are_validated(tmp_path: Path, groups: list, needle: str):
+    message, path = _load_error(tmp_path, _three_classes() | {"polygons": groups})
+    assert str(path) in message and needle in message, message
+
+
+def test_mask_settings(tmp_path: Path):
+    data = _variant(mask={"method": "spectral", "max_masked_fraction": 0.5, "buffer_m": 30})
+    mask = load_workflow(str(_write(tmp_path, data))).mask
+    assert (mask.method, mask.max_masked_fraction, mask.buffer_m) == ("spectral", 0.5, 30)
+    defaults = load_workflow(str(_write(tmp_path, _variant()))).mask
+    assert (defaults.method, defaults.max_masked_fraction, defaults.buffer_m) == ("auto", 0.9, 60)
+    for bad, needle in [
+        ({"method": "fmask"}, "mask.method"),
+        ({"max_masked_fraction": 1.5}, "mask.max_masked_fraction"),
+        ({"buffer": 3}, "mask.buffer"),
+    ]:
+        message, _ = _load_error(tmp_path, _variant(mask=bad))
+        assert needle in message, message
+
+
 @pytest.mark.parametrize("tile_size", [0, 15, 16385, -1])
 def test_tile_size_out_of_range(tmp_path: Path, tile_size: int):
     message, path = _load_error(tmp_path, _variant(tile_size=tile_size))

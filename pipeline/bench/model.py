@@ -14,7 +14,11 @@ peak memory is its own:
   chip's prediction written into a numpy array of the scene, then a GeoTIFF; all cores as
   torch threads in one process;
 - **parity**: the class raster of the scene's central 1024² block computed with tile 256 and
-  with tile 1024 (halo 64 both); with random weights this says little, hence ``--model``.
+  with tile 1024 (halo 64 both); with random weights this says little, hence ``--model``;
+- **mask only**: the cloud and shadow mask of the scene (:mod:`pipeline.masking`, the
+  six-band Level-1C network at 30 m) alone, block by block as the pipeline's workers make it,
+  split over as many one-thread processes. The pipeline itself runs unmasked, so that its
+  overhead over the model stays comparable; a masked run costs about both.
 """
 
 from __future__ import annotations
@@ -34,7 +38,14 @@ from pipeline.bench.common import bench_grid, in_subprocess, peak_rss_mb
 from pipeline.bench.scenes import SCENE_BANDS, write_scene
 from pipeline.errors import ConfigError
 from pipeline.grid import Block, blocks
-from pipeline.workflow import ClassDef, CleanupConfig, TorchGeoModelConfig, Workflow, uses_openvino
+from pipeline.workflow import (
+    ClassDef,
+    CleanupConfig,
+    MaskConfig,
+    TorchGeoModelConfig,
+    Workflow,
+    uses_openvino,
+)
 
 Task = TypeVar("Task")
 
@@ -141,6 +152,7 @@ def bench_workflow(
         tile_size=tile,
         halo=halo,
         cleanup=CleanupConfig(sieve_pixels=8),
+        mask=MaskConfig(method="none"),  # the mask is measured on its own (run_mask_only)
     )
 
 
@@ -267,23 +279,72 @@ def run_model_only(workflow_json: str, size: str, workers: str) -> dict[str, Any
         for share in balanced_shares(groups, int(workers), lambda g: tile_pixels(g, halo))
         if share
     ]
-    ctx = mp.get_context("spawn")
-    start = ctx.Barrier(len(shares))
-    out = ctx.Queue()
-    procs = [
-        ctx.Process(target=_model_only_worker, args=(workflow_json, share, start, out))
-        for share in shares
-    ]
-    for p in procs:
-        p.start()
-    results = [out.get() for _ in procs]
-    for p in procs:
-        p.join()
+    results = _together(_model_only_worker, [(workflow_json, share) for share in shares])
     return {
         "model_only_s": max(r[0] for r in results),
         "model_only_peak_rss_mb": max(r[1] for r in results),
         "tiles": len(groups),
         "input_mpx": sum(tile_pixels(g, halo) for g in groups) / 1e6,
+    }
+
+
+def _mask_only_worker(catalog: str, share: list[Block], start: Any, out: Any) -> None:
+    import dataclasses
+
+    from pipeline.catalog import load_catalog
+    from pipeline.masking import mask_window, plan_mask
+    from pipeline.masking import network as mask_network
+    from pipeline.reading import scene_grid
+    from pipeline.workflow import MaskConfig
+
+    # As a Sentinel-2 L1C scene, which the bench scene's bands and values are like.
+    scene = dataclasses.replace(load_catalog(catalog).scene("bench"), sensor="sentinel-2-l1c")
+    grid = scene_grid(scene, SCENE_BANDS)
+    plan = plan_mask(MaskConfig(method="network"), scene, grid)
+    assert plan.network is not None
+    net = mask_network.load(plan.network, threads=1)
+    net.probabilities(np.zeros((len(net.bands), 256, 256), np.float32))  # set-up off the clock
+    start.wait()
+    t0 = time.perf_counter()
+    for block in share:
+        mask_window(plan, scene, grid, block.window)
+    out.put((time.perf_counter() - t0, peak_rss_mb()))
+
+
+def _together(target: Callable[..., None], args: list[tuple[Any, ...]]) -> list[Any]:
+    """Run ``target(*a, start, out)`` for each ``a`` in its own fresh process, started together.
+
+    Each process waits at the ``start`` barrier once set up and puts its result on ``out``.
+    """
+    ctx = mp.get_context("spawn")
+    start = ctx.Barrier(len(args))
+    out = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*a, start, out)) for a in args]
+    for p in procs:
+        p.start()
+    results = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return results
+
+
+def run_mask_only(catalog: str, tile: str, workers: str) -> dict[str, Any]:
+    """The scene's cloud mask alone, its blocks in sweep order split over ``workers`` processes."""
+    from pipeline.catalog import load_catalog
+    from pipeline.inference import swath_columns, sweep
+    from pipeline.reading import scene_grid
+
+    grid = scene_grid(load_catalog(catalog).scene("bench"), SCENE_BANDS)
+    order = sweep(blocks(grid, int(tile)), swath_columns(int(tile)))
+    n = min(int(workers), len(order))
+    shares = [order[i * len(order) // n : (i + 1) * len(order) // n] for i in range(n)]
+    results = _together(_mask_only_worker, [(catalog, share) for share in shares])
+    seconds = max(r[0] for r in results)
+    mpx = grid.width * grid.height / 1e6
+    return {
+        "mask_only_s": seconds,
+        "mask_s_per_mpx": seconds * n / mpx,
+        "mask_only_peak_rss_mb": max(r[1] for r in results),
     }
 
 
@@ -423,10 +484,11 @@ def bench_model(
     peer: bool = True,
     engine: str = "torch",
     precision: str = "f32",
+    mask: bool = True,
 ) -> dict[str, Any]:
     """Generate a ``size``² scene and measure model only, pipeline, peer and tile parity on it.
 
-    ``tile`` defaults to :func:`default_tile` of ``engine``.
+    ``tile`` defaults to :func:`default_tile` of ``engine``; ``mask`` adds the mask alone.
     """
     tile = tile or default_tile(engine)
     if engine == "openvino":
@@ -496,6 +558,13 @@ def bench_model(
                 ),
             }
         result |= in_subprocess(step + "run_parity", str(catalog), wf)
+        if mask:
+            masked = catalog
+            if not set(SCENE_BANDS) <= set(bands):  # the network needs the six bands
+                (folder / "mask").mkdir()
+                six = write_scene(folder / "mask" / "scene.tif", size, SCENE_BANDS)
+                masked = _write_catalog(folder / "mask", six, SCENE_BANDS)
+            result |= in_subprocess(step + "run_mask_only", str(masked), str(tile), n)
         return result
 
 

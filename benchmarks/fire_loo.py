@@ -29,7 +29,7 @@ from pipeline.catalog import load_catalog
 from pipeline.grid import Block
 from pipeline.inference import process_block
 from pipeline.models import build_model
-from pipeline.orchestrate import plan
+from pipeline.planning import plan
 from pipeline.reading import read_labels
 from pipeline.stitch import NODATA
 from pipeline.vectorize import vectorize
@@ -60,7 +60,8 @@ def scores_of(name: str, shared: Path) -> np.ndarray:
     """The fire's burned IoU for every combination of :data:`GRID`, in product order."""
     workflow = load_workflow("fire")
     catalog = load_catalog(ROOT / "data_catalog.yaml")
-    model, scene, before, grid = plan(workflow, catalog, f"{name}-post", f"{name}-pre")
+    scene, before = catalog.scene(f"{name}-post"), catalog.scene(f"{name}-pre")
+    model, scene, before, grid = plan(workflow, scene, before)
     whole = Block(0, 0, grid.height, grid.width)
     truth = read_labels(str(shared / FIRES[name] / "perimeter_mask.tif"), grid, whole.window) == 1
     lookup = np.asarray(workflow.polygon_lookup(), dtype=np.uint8)

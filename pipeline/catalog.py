@@ -55,6 +55,16 @@ COMMON_BANDS: frozenset[str] = frozenset(
 #: scaled), and mask clouds and shadows (:mod:`pipeline.masking`).
 QUALITY_BANDS: frozenset[str] = frozenset({"scl", "qa_pixel"})
 
+#: The project's own catalog: the demo scene and the scenes of ``../shared/data``.
+PROJECT_CATALOG = Path(__file__).resolve().parents[1] / "data_catalog.yaml"
+
+
+def default_catalog() -> Path:
+    """``./data_catalog.yaml`` if present, else the project's own catalog."""
+    here = Path.cwd() / "data_catalog.yaml"
+    return here if here.is_file() else PROJECT_CATALOG
+
+
 _URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|/vsi)", re.IGNORECASE)
 _PKG = "pkg:"
 

@@ -12,18 +12,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pipeline import __version__
 from pipeline.errors import ConfigError, GeosegError
-
-#: Catalog used when --catalog is not given and ./data_catalog.yaml does not exist.
-PROJECT_CATALOG = Path(__file__).resolve().parents[1] / "data_catalog.yaml"
-
-
-def default_catalog() -> Path:
-    """``./data_catalog.yaml`` if present, else the project's own catalog."""
-    here = Path.cwd() / "data_catalog.yaml"
-    return here if here.is_file() else PROJECT_CATALOG
 
 
 def _positive(text: str) -> int:
@@ -72,14 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"geoseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    _add_run(sub, catalog_opt)
+    _add_train(sub, catalog_opt)
+    _add_evaluate(sub)
+    _add_bench(sub)
+    _add_catalog(sub, catalog_opt)
+    return parser
+
+
+def _add_run(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
+    """The ``run`` subcommand."""
     run = sub.add_parser(
         "run",
         parents=[catalog_opt],
         help="run a workflow on a scene",
         description=(
-            "Run WORKFLOW on a catalog scene and write classes.tif, confidence.tif, "
-            "polygons.gpkg, preview.png and run.json (and on request instances.tif, "
-            "seams.tif) to OUT/WORKFLOW/SCENE/."
+            "Run WORKFLOW on a catalog scene and write classes.tif (with classes.qml and "
+            "classes.tif.aux.xml), confidence.tif, polygons.gpkg, preview.png, run.json and "
+            "item.json (and on request instances.tif, seams.tif) to OUT/WORKFLOW/SCENE/."
         ),
     )
     run.add_argument(
@@ -87,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--scene", required=True, metavar="ID", help="catalog id of the scene")
     run.add_argument(
-        "--before", metavar="ID", help="catalog id of the pre-event scene (fire, mining)"
+        "--before",
+        metavar="ID",
+        help="catalog id of the pre-event scene (fire, mining; forest: adds forest loss)",
     )
     run.add_argument(
         "--out",
@@ -131,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
 
+
+def _add_train(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
+    """The ``train`` subcommand."""
     train = sub.add_parser(
         "train",
         parents=[catalog_opt],
@@ -200,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
+
+def _add_evaluate(sub: Any) -> None:
+    """The ``evaluate`` subcommand."""
     ev = sub.add_parser(
         "evaluate",
         help="score a prediction against reference labels",
@@ -224,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+
+def _add_bench(sub: Any) -> None:
+    """The ``bench`` subcommand."""
     bench = sub.add_parser(
         "bench",
         help="measure speed and memory on generated scenes",
@@ -288,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-baseline", action="store_true", help="skip the whole-raster baseline")
     bench.add_argument("--json", action="store_true", help="print JSON")
 
+
+def _add_catalog(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
+    """The ``catalog`` subcommand."""
     cat = sub.add_parser("catalog", help="inspect the scene catalog")
     cat_sub = cat.add_subparsers(dest="catalog_command", required=True, parser_class=_Parser)
     cat_sub.add_parser(
@@ -295,32 +311,26 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[catalog_opt],
         help="list the catalog's scenes and whether their files exist",
     )
-    return parser
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.catalog import load_catalog
-    from pipeline.orchestrate import RunOptions, run
+    from pipeline.api import open_catalog, run
     from pipeline.workflow import load_workflow
 
     if args.workers and args.scheduler:
         raise ConfigError("--workers sizes the local cluster; it cannot be used with --scheduler")
     workflow = load_workflow(args.workflow).with_overrides(args.tile_size, args.halo)
-    catalog = load_catalog(args.catalog or default_catalog())
-    progress = not args.quiet and sys.stderr.isatty()
     result = run(
         workflow,
-        catalog,
         args.scene,
         args.before,
-        RunOptions(
-            out=args.out,
-            workers=args.workers,
-            scheduler=args.scheduler,
-            progress=progress,
-            instances=args.instances,
-            seams=args.seams,
-        ),
+        catalog=open_catalog(args.catalog),
+        out=args.out,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        progress=not args.quiet and sys.stderr.isatty(),
+        instances=args.instances,
+        seams=args.seams,
     )
     if not args.quiet:
         s = result.summary
@@ -337,7 +347,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.catalog import load_catalog
+    from pipeline.catalog import default_catalog, load_catalog
     from pipeline.training import Sample, TrainOptions, train
     from pipeline.workflow import load_workflow
 
@@ -452,7 +462,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_catalog_list(args: argparse.Namespace) -> int:
-    from pipeline.catalog import load_catalog
+    from pipeline.catalog import default_catalog, load_catalog
 
     catalog = load_catalog(args.catalog or default_catalog())
     print(f"catalog: {catalog.path}")

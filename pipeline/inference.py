@@ -241,9 +241,7 @@ def process_block(
 #: Width (grid pixels) of the swaths :func:`sweep` goes down. A row of 768 tiles three wide,
 #: with halos, touches 18 of a 6-band file's 512² blocks, 56 MB decompressed: that fits in the
 #: 64 MB block cache (:data:`pipeline.reading.GDAL_CACHE_MB`), so the next row of tiles finds
-#: the blocks it shares with this one there. Measured at 4096², per worker (against 0.68 s
-#: with runs of 4 tiles along the rows of the whole scene): 0.38-0.43 s to decompress its
-#: tiles at 2304 px, 0.40-0.52 s at 3072, 0.50-0.52 s at 1536.
+#: the blocks it shares with this one there (the widths compared: ``BENCHMARKS.md``).
 SWATH_PX = 2304
 
 

@@ -5,10 +5,8 @@ grey and the class raster, both decimated by :func:`pipeline.reading.read_overvi
 :func:`pipeline.reading.read_band_overview` to :func:`overview_shape`) and returns PNG bytes,
 which :mod:`pipeline.publish` writes; it opens no file except its fonts. The picture is drawn
 with Pillow alone: the map's pixels are placed as they are, and text, legend and scale bar are
-drawn around them. Through matplotlib's Agg canvas the same preview cost the client about
-0.3 s to import matplotlib, 0.27 s for its first render (fonts) and 0.10 s for later ones at
-1000² (0.08 s of it resampling the map 1:1); with Pillow a render takes 0.02 s plus the PNG
-encoding.
+drawn around them: Pillow renders it several times faster than matplotlib, whose import
+alone cost the client more than the render (``BENCHMARKS.md``).
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from pipeline.grid import Grid, ground_size_m
 from pipeline.masking import MASK_CLASSES
-from pipeline.workflow import ClassDef
+from pipeline.workflow import ClassDef, Workflow
 
 #: Longest side of the scene image in a preview, in pixels (the read is decimated to it).
 MAX_SIZE = 1000
@@ -223,9 +221,7 @@ def render_preview(
         entries.append((NODATA_COLOUR, "no data"))
     _legend(draw, _MARGIN_PX + disp_w + 12, _TITLE_PX, entries)
 
-    # Encoded at zlib level 1: on the Virginia scene's 1000² preview level 6 (the default)
-    # took 0.28 s, level 3 0.11 s and level 1 0.09 s, for files 3 % and 6 % larger than
-    # level 6's (1.80, 1.86 and 1.90 MB).
+    # zlib level 1: a third of the default level's time for a file a few per cent larger.
     out = io.BytesIO()
     info = PngInfo()
     info.add_text("Title", f"{scene_id} {date}")
@@ -237,6 +233,50 @@ def render_preview(
 def _drawn(class_defs: Sequence[ClassDef]) -> list[ClassDef]:
     """The classes a preview draws: the vectorized ones, then cloud and cloud shadow."""
     return [c for c in class_defs if c.vectorize] + list(MASK_CLASSES)
+
+
+def legend(
+    workflow: Workflow,
+    polygons: np.ndarray,
+    polygon_area_m2: np.ndarray,
+    class_area_m2: np.ndarray,
+    masked: Mapping[str, float],
+) -> tuple[dict[int, str], list[tuple[str, str]]]:
+    """A run's legend texts (class value → text) and its merged polygon classes' entries.
+
+    A class that is its own polygon class shows its polygons and their area; a class merged
+    into a polygon class with others (``Workflow.polygons``) shows its own area, and the
+    polygon class follows with its polygons; cloud and shadow show their share of the scene.
+    Counts and areas are indexed by class value.
+    """
+    shown = workflow.polygon_classes()
+    own = {c.value: c for c in shown}
+
+    def polygons_of(c: ClassDef) -> str:
+        area = format_area(float(polygon_area_m2[c.value]))
+        return f"{int(polygons[c.value]):,} polygons · {area}"
+
+    labels = {}
+    for c in workflow.classes:
+        if own.get(c.value) == c:
+            labels[c.value] = f"{c.name}\n{polygons_of(c)}"
+        else:
+            labels[c.value] = f"{c.name}\n{format_area(float(class_area_m2[c.value]))}"
+    for c in MASK_CLASSES:
+        labels[c.value] = f"{c.name.replace('_', ' ')}\n{masked[c.name]:.1%} of the scene"
+    merged = [
+        (c.colour, f"{c.name} (polygons)\n{polygons_of(c)}")
+        for c in shown
+        if c not in workflow.classes
+    ]
+    return labels, merged
+
+
+def format_area(m2: float) -> str:
+    """``3.20 km²`` from a square kilometre up, else ``12.50 ha``."""
+    if m2 >= 1e6:
+        return f"{m2 / 1e6:,.2f} km²"
+    return f"{m2 / 1e4:,.2f} ha"
 
 
 @functools.cache

@@ -67,8 +67,7 @@ def reflect_borders(data: np.ndarray, valid: np.ndarray, pad: Padding) -> None:
     Their middle holds the read. The margins mirror it as numpy's ``reflect`` mode does, the
     edge pixel not repeated; rows first, then columns over the full height; a 1-pixel axis
     repeats its pixel. In place, a tile read into the middle of its buffer is padded without
-    copying it once per padded axis (0.19 s of a 4096² scene's 0.95 s of reads went to those
-    copies).
+    copying it once per padded axis, which took a fifth of the reads' time.
     """
     if pad == Padding():
         return

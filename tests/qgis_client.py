@@ -9,7 +9,8 @@ every LAYER with ``QgsVectorLayer``, renders the spatial ones to ``OUT_DIR/map.p
 writes ``OUT_DIR/report.json``: per layer its validity, feature count, CRS, renderer and
 categories, the rows of non-spatial tables, and every message QGIS logged. With ``--raster``,
 that raster is opened with ``QgsRasterLayer`` too and reported under ``raster``: validity,
-renderer and, for a paletted one, its classes (value, label, colour).
+renderer and, for a paletted one, its classes (value, label, colour), and the category names
+GDAL reads for it (what ``gdalinfo`` lists).
 """
 
 from __future__ import annotations
@@ -86,6 +87,13 @@ def render(layers: list[QgsVectorLayer], path: Path) -> None:
 
 def describe_raster(layer: QgsRasterLayer) -> dict[str, Any]:
     info: dict[str, Any] = {"valid": layer.isValid(), "crs": layer.crs().authid()}
+    try:  # what gdalinfo shows of the band: GDAL's category names
+        from osgeo import gdal
+
+        band = gdal.Info(layer.source(), format="json")["bands"][0]
+        info["gdal_categories"] = band.get("categories")
+    except ImportError:
+        info["gdal_categories"] = None
     renderer = layer.renderer()
     info["renderer"] = renderer.type() if renderer is not None else None
     if renderer is not None and renderer.type() == "paletted":

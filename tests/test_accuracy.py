@@ -19,7 +19,7 @@ from pipeline.catalog import Catalog
 from pipeline.grid import Grid, blocks
 from pipeline.inference import process_blocks
 from pipeline.masking import MASK_VALUES
-from pipeline.orchestrate import plan, scene_masks
+from pipeline.planning import plan, scene_masks
 from pipeline.reading import read_labels, read_window
 from pipeline.stitch import NODATA
 from pipeline.vectorize import Polygons, vectorize
@@ -44,7 +44,8 @@ def classify(
     workflow: Workflow, catalog: Catalog, scene_id: str, before_id: str | None = None
 ) -> tuple[np.ndarray, np.ndarray, Grid]:
     """The scene's (classes, confidence) as a run writes them, and its grid."""
-    model, scene, before, grid = plan(workflow, catalog, scene_id, before_id)
+    earlier = catalog.scene(before_id) if before_id else None
+    model, scene, before, grid = plan(workflow, catalog.scene(scene_id), earlier)
     masks = scene_masks(workflow, scene, before, grid)
     halo = max(workflow.halo, model.context_px)
     tiles = blocks(grid, workflow.tile_size)
@@ -127,7 +128,7 @@ def test_forest_macro_f1_on_every_clear_slovenia_date(
 ) -> None:
     """≥ 0.85 on each clear date (measured: 0.897, 0.886, 0.876; the old rule 0.79, 0.86, 0.86)."""
     scene = project_catalog.scene("slovenia-2015-07-11")
-    grid = plan(load_workflow("forest"), project_catalog, scene.id, None)[3]
+    grid = plan(load_workflow("forest"), project_catalog.scene(scene.id))[3]
     labels = read_labels(str(shared_data / "slovenia" / "lulc.tif"), grid, _whole(grid))
     labelled = labels != 0
     scores = {}

@@ -28,7 +28,8 @@ from pipeline.models.engines import (
     openvino_version,
     prepare_openvino,
 )
-from pipeline.orchestrate import RunOptions, dask_client, plan, run
+from pipeline.orchestrate import RunOptions, dask_client, run
+from pipeline.planning import plan
 from pipeline.workflow import Workflow, load_workflow
 from tests.helpers import torch_threads
 
@@ -156,10 +157,10 @@ def test_run_with_openvino_matches_torch_and_workers_load_no_torch(unet, tmp_pat
     )
     with dask_client(2, None) as client:
         opts = RunOptions(out=tmp_path / "ov", scheduler=client.scheduler.address, progress=False)
-        ov_run = run(workflow, catalog, "bench", options=opts)
+        ov_run = run(workflow, catalog.scene("bench"), options=opts)
         holds_torch = client.run(lambda: "torch" in sys.modules)
         opts = RunOptions(out=tmp_path / "pt", scheduler=client.scheduler.address, progress=False)
-        pt_run = run(torch_flow, catalog, "bench", options=opts)
+        pt_run = run(torch_flow, catalog.scene("bench"), options=opts)
     assert holds_torch and not any(holds_torch.values())
     assert (tmp_path / "ov" / ".cache" / "openvino").is_dir()
     with (
@@ -171,7 +172,7 @@ def test_run_with_openvino_matches_torch_and_workers_load_no_torch(unet, tmp_pat
     assert (ours == theirs).mean() > 0.999
     assert ov_run.summary["model"] == pt_run.summary["model"]
     # The second run converts nothing: the cached network is found by content.
-    model, _, _, _ = plan(workflow, catalog, "bench", None, tmp_path / "ov" / ".cache")
+    model, _, _, _ = plan(workflow, catalog.scene("bench"), None, tmp_path / "ov" / ".cache")
     assert isinstance(model, NetworkInfo)
 
 
@@ -193,7 +194,7 @@ def test_bf16_on_a_cpu_without_it_is_refused_before_any_work(unet, tmp_path, mon
     scene = write_scene(tmp_path / "scene.tif", 64, BANDS, seed=1)
     catalog = load_catalog(_write_catalog(tmp_path, scene, BANDS))
     with pytest.raises(ModelError, match="bf16 needs a CPU"):
-        plan(bf16, catalog, "bench", None, tmp_path / "cache")
+        plan(bf16, catalog.scene("bench"), None, tmp_path / "cache")
     assert not (tmp_path / "cache" / "openvino").exists()  # nothing converted
     # The benchmark says so in one line before it generates a scene (minutes at 10980²).
     made = []

@@ -28,7 +28,8 @@ from pipeline.models.card import (
 )
 from pipeline.models.checkpoints import load_checkpoint, load_pretrained, safe_load, save_checkpoint
 from pipeline.models.networks import TorchGeoSegmentation, build_network, init_backbone
-from pipeline.orchestrate import RunOptions, plan, run
+from pipeline.orchestrate import RunOptions, run
+from pipeline.planning import plan
 from pipeline.workflow import ClassDef, TorchGeoModelConfig, Workflow, load_workflow
 from tests.data import catalog_yaml, forest_scene
 from tests.helpers import torch_threads, user_error
@@ -642,10 +643,10 @@ def _workflow(path: Path) -> Workflow:
 
 def test_plan_checks_the_scene_against_the_card(scene_catalog, ckpt, tmp_path, monkeypatch):
     wf = _workflow(ckpt)
-    model, scene, before, grid = plan(wf, scene_catalog, "scaled", None)
+    model, scene, before, grid = plan(wf, scene_catalog.scene("scaled"))
     assert model.bands == BANDS and before is None and grid.res[0] == 10.0
 
-    message = user_error(ModelError, plan, wf, scene_catalog, "unscaled", None)
+    message = user_error(ModelError, plan, wf, scene_catalog.scene("unscaled"))
     assert "'unscaled'" in message and "scale" in message
 
     def no_cluster(*args: object, **kwargs: object) -> None:
@@ -654,12 +655,12 @@ def test_plan_checks_the_scene_against_the_card(scene_catalog, ckpt, tmp_path, m
     monkeypatch.setattr("pipeline.orchestrate.dask_client", no_cluster)
     options = RunOptions(out=tmp_path / "out", progress=False)
     with pytest.raises(ModelError, match="scale"):
-        run(wf, scene_catalog, "unscaled", None, options)
+        run(wf, scene_catalog.scene("unscaled"), None, options)
     assert not (tmp_path / "out").exists()
 
 
 def test_plan_refuses_a_scene_at_another_resolution(scene_catalog, net, tmp_path):
     path = tmp_path / "coarse.ckpt"
     save_checkpoint(path, net.state_dict(), dict(HPARAMS), make_card(gsd_m=60.0))
-    message = user_error(ModelError, plan, _workflow(path), scene_catalog, "scaled", None)
+    message = user_error(ModelError, plan, _workflow(path), scene_catalog.scene("scaled"))
     assert "10.0 m pixels" in message and "60.0 m" in message and "resample" in message

@@ -28,14 +28,13 @@ from pipeline.models import build_model
 from pipeline.orchestrate import (
     ModelPlugin,
     RunOptions,
-    _blocks_task,
     dask_client,
     lower_thread_priority,
-    model_version,
-    plan,
     plugin_name,
     run,
 )
+from pipeline.orchestrate.tiles import _blocks_task
+from pipeline.planning import model_version, plan
 from pipeline.reading import read_window
 from pipeline.workflow import IndexModelConfig, Workflow, load_workflow
 from tests.data import catalog_yaml, forest_scene, write_raster
@@ -48,7 +47,7 @@ def forest() -> Workflow:
 
 def whole_scene_prediction(catalog: Catalog, workflow: Workflow, scene_id: str):
     """One forward pass over the whole (small) scene, for comparison with tiled runs."""
-    model, scene, _, grid = plan(workflow, catalog, scene_id, None)
+    model, scene, _, grid = plan(workflow, catalog.scene(scene_id))
     data, valid = read_window(scene, model.bands, grid, Block(0, 0, grid.height, grid.width).window)
     return predict_tile(model, data, valid), grid
 
@@ -56,7 +55,7 @@ def whole_scene_prediction(catalog: Catalog, workflow: Workflow, scene_id: str):
 def test_plan_finds_user_errors_before_any_cluster(synthetic_catalog, forest, tmp_path):
     fire = load_workflow("fire")
     with pytest.raises(ConfigError, match="--before"):
-        plan(fire, synthetic_catalog, "synth", None)
+        plan(fire, synthetic_catalog.scene("synth"))
     one_date = forest.model_copy(
         update={
             "model": IndexModelConfig(kind="index", name="forest-ndvi-swir"),
@@ -64,11 +63,11 @@ def test_plan_finds_user_errors_before_any_cluster(synthetic_catalog, forest, tm
         }
     )
     with pytest.raises(ConfigError, match="drop --before"):
-        plan(one_date, synthetic_catalog, "synth", "synth")
+        plan(one_date, synthetic_catalog.scene("synth"), synthetic_catalog.scene("synth"))
     with pytest.raises(ConfigError, match="names the same scene"):
-        plan(forest, synthetic_catalog, "synth", "synth")
+        plan(forest, synthetic_catalog.scene("synth"), synthetic_catalog.scene("synth"))
     with pytest.raises(ConfigError, match="no scene 'nope'"):
-        plan(forest, synthetic_catalog, "nope", None)
+        synthetic_catalog.scene("nope")
     three = forest.model_copy(
         update={
             "classes": (
@@ -78,7 +77,7 @@ def test_plan_finds_user_errors_before_any_cluster(synthetic_catalog, forest, tm
         }
     )
     with pytest.raises(ModelError, match="lists 4 classes but model"):
-        plan(three, synthetic_catalog, "synth", None)
+        plan(three, synthetic_catalog.scene("synth"))
 
 
 def test_plan_rejects_a_before_scene_elsewhere(tmp_path):
@@ -104,12 +103,12 @@ def test_plan_rejects_a_before_scene_elsewhere(tmp_path):
         )
     )
     with pytest.raises(SceneError, match="does not overlap"):
-        plan(load_workflow("mining"), cat, "a", "b")
+        plan(load_workflow("mining"), cat.scene("a"), cat.scene("b"))
 
 
 def test_process_block_matches_whole_scene_pass(synthetic_catalog, forest):
     (classes, confidence), grid = whole_scene_prediction(synthetic_catalog, forest, "synth")
-    model, scene, _, grid = plan(forest, synthetic_catalog, "synth", None)
+    model, scene, _, grid = plan(forest, synthetic_catalog.scene("synth"))
     block = Block(10, 20, 30, 40)
     got_c, got_f = process_block(model, scene, None, grid, block, halo=8)
     np.testing.assert_array_equal(got_c, classes[10:40, 20:60])
@@ -117,7 +116,7 @@ def test_process_block_matches_whole_scene_pass(synthetic_catalog, forest):
 
 
 def test_model_is_built_once_per_worker_and_tasks_carry_no_model(synthetic_catalog, forest):
-    model, scene, _, grid = plan(forest, synthetic_catalog, "synth", None)
+    model, scene, _, grid = plan(forest, synthetic_catalog.scene("synth"))
     name = plugin_name(forest)
     with dask_client(workers=2, scheduler=None) as client:
         client.register_plugin(ModelPlugin(forest.model, forest.classes), name=name)
@@ -150,16 +149,18 @@ def test_run_writes_every_output_tile_size_independent(synthetic_catalog, forest
         wf = forest.with_overrides(tile_size=tile, halo=0)
         res = run(
             wf,
-            synthetic_catalog,
-            "synth",
+            synthetic_catalog.scene("synth"),
             options=RunOptions(out=tmp_path / f"t{tile}", workers=2, progress=False),
+            catalog=str(synthetic_catalog.path),
         )
         assert res.folder == tmp_path / f"t{tile}" / "forest" / "synth"
         names = sorted(p.name for p in res.folder.iterdir())
         assert names == [
             "classes.qml",
             "classes.tif",
+            "classes.tif.aux.xml",
             "confidence.tif",
+            "item.json",
             "polygons.gpkg",
             "preview.png",
             "run.json",
@@ -251,15 +252,15 @@ def test_model_version_is_a_stable_digest_of_config_and_checkpoint(forest, tmp_p
 
 def test_failed_run_leaves_earlier_outputs_intact(synthetic_catalog, forest, tmp_path, monkeypatch):
     opts = RunOptions(out=tmp_path, workers=1, progress=False)
-    good = run(forest, synthetic_catalog, "synth", options=opts)
+    good = run(forest, synthetic_catalog.scene("synth"), options=opts)
     before = {p.name: p.read_bytes() for p in good.folder.iterdir()}
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("pipeline.orchestrate.merge_blocks", broken)
+    monkeypatch.setattr("pipeline.orchestrate.polygons.merge_blocks", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        run(forest, synthetic_catalog, "synth", options=opts)
+        run(forest, synthetic_catalog.scene("synth"), options=opts)
     after = {p.name: p.read_bytes() for p in good.folder.iterdir() if p.is_file()}
     assert after == before  # same files, same bytes, no partial or scratch files left
     # What the failed run finished is kept, so running it again resumes instead of restarting.
@@ -280,8 +281,7 @@ def test_run_on_an_existing_scheduler(synthetic_catalog, forest, tmp_path):
     ) as cluster:
         res = run(
             forest.with_overrides(tile_size=32),
-            synthetic_catalog,
-            "synth",
+            synthetic_catalog.scene("synth"),
             options=RunOptions(out=tmp_path, scheduler=cluster.scheduler_address, progress=False),
         )
         # The run registered its model plugin on the cluster's worker and left the cluster up.
@@ -293,7 +293,7 @@ def test_run_on_an_existing_scheduler(synthetic_catalog, forest, tmp_path):
 
 
 def test_batched_blocks_match_single_blocks(synthetic_catalog, forest):
-    model, scene, _, grid = plan(forest, synthetic_catalog, "synth", None)
+    model, scene, _, grid = plan(forest, synthetic_catalog.scene("synth"))
     from pipeline.grid import blocks
 
     tiles = blocks(grid, 24)  # 96x80: full 24x24 blocks and narrower ones on the right edge
@@ -330,7 +330,7 @@ def test_polygons_stream_from_the_cluster_block_by_block(tmp_path, monkeypatch):
         path = tmp_path / f"{name}.tif"
         write_raster(path, values[None], grid.affine, "EPSG:32618", nodata=255)
         paths.append(str(path))
-    monkeypatch.setattr("pipeline.orchestrate.VECTORIZE_BLOCK", 64)  # 25 blocks
+    monkeypatch.setattr("pipeline.orchestrate.polygons.VECTORIZE_BLOCK", 64)  # 25 blocks
     cleanup = Cleanup(sieve_pixels=5, fill_holes_m2=3000)
     with (
         LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster,
@@ -453,7 +453,7 @@ def test_instances_raster_holds_each_pixels_polygon_id(tmp_path, monkeypatch, mi
         path = tmp_path / f"{name}.tif"
         write_raster(path, values[None], grid.affine, "EPSG:32618", nodata=255)
         paths.append(str(path))
-    monkeypatch.setattr("pipeline.orchestrate.VECTORIZE_BLOCK", 48)  # regions cross blocks
+    monkeypatch.setattr("pipeline.orchestrate.polygons.VECTORIZE_BLOCK", 48)  # regions cross blocks
     cleanup = Cleanup(sieve_pixels=5, min_area_m2=min_area_m2, fill_holes_m2=3000)
     raster = BlockRaster(tmp_path / "instances.work.tif", grid, 0, dtype="uint32")
     with (
@@ -485,8 +485,7 @@ def test_instances_raster_holds_each_pixels_polygon_id(tmp_path, monkeypatch, mi
 def test_run_writes_instances_on_request(synthetic_catalog, forest, tmp_path):
     res = run(
         forest.with_overrides(tile_size=32),
-        synthetic_catalog,
-        "synth",
+        synthetic_catalog.scene("synth"),
         options=RunOptions(out=tmp_path, workers=1, progress=False, instances=True),
     )
     assert (res.folder / "instances.tif") in res.files
@@ -515,8 +514,7 @@ def test_run_writes_seams_where_overlapping_tiles_disagree(synthetic_catalog, tm
     workflow = bench_workflow(str(ckpt), tile=32, halo=8)
     res = run(
         workflow,
-        synthetic_catalog,
-        "synth",
+        synthetic_catalog.scene("synth"),
         options=RunOptions(out=tmp_path / "out", workers=1, progress=False, seams=True),
     )
     assert (res.folder / "seams.tif") in res.files
@@ -525,7 +523,7 @@ def test_run_writes_seams_where_overlapping_tiles_disagree(synthetic_catalog, tm
     with rasterio.open(res.folder / "seams.tif") as src:
         assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and src.nodata == NODATA
         seams = src.read(1)
-    model, scene, _, grid = plan(workflow, synthetic_catalog, "synth", None)
+    model, scene, _, grid = plan(workflow, synthetic_catalog.scene("synth"))
     want = np.zeros_like(classes)
     tiles = blocks(grid, 32)
     for c in tiles:
@@ -579,11 +577,11 @@ def test_masked_pixels_keep_their_values_and_never_become_polygons(forest, tmp_p
     opts = RunOptions(out=tmp_path / "out", workers=2, progress=False)
     plain = run(
         _masked(forest, method="none").with_overrides(tile_size=32),
-        catalog,
-        "s",
+        catalog.scene("s"),
         options=RunOptions(out=tmp_path / "plain", workers=1, progress=False),
     )
-    res = run(_masked(forest, buffer_m=0).with_overrides(tile_size=32), catalog, "s", options=opts)
+    masked = _masked(forest, buffer_m=0).with_overrides(tile_size=32)
+    res = run(masked, catalog.scene("s"), options=opts)
     read = {}
     for folder in (plain.folder, res.folder):
         for name in ("classes", "confidence"):
@@ -631,7 +629,12 @@ def test_two_date_runs_mask_what_is_cloudy_in_either_date(tmp_path):
         tmp_path, {"pre": [(10, 20, 5, 12, 9)], "post": [(10, 20, 8, 15, 3), (30, 40, 25, 35, 3)]}
     )
     mining = _masked(load_workflow("mining"), buffer_m=0).with_overrides(tile_size=40)
-    res = run(mining, catalog, "post", "pre", RunOptions(out=tmp_path, workers=1, progress=False))
+    res = run(
+        mining,
+        catalog.scene("post"),
+        catalog.scene("pre"),
+        RunOptions(out=tmp_path, workers=1, progress=False),
+    )
     with rasterio.open(res.folder / "classes.tif") as src:
         classes = src.read(1)
     assert (classes[20:40, 9:23] == CLOUD).all()  # cloud before, over shadow after
@@ -646,10 +649,10 @@ def test_a_mostly_masked_scene_stops_and_leaves_earlier_outputs(forest, tmp_path
 
     catalog = _scl_catalog(tmp_path, {"s": [(0, 49, 0, 41, 9)]})  # all of it cloud
     opts = RunOptions(out=tmp_path, workers=1, progress=False)
-    earlier = run(_masked(forest, method="none"), catalog, "s", options=opts)
+    earlier = run(_masked(forest, method="none"), catalog.scene("s"), options=opts)
     kept = {p.name: p.read_bytes() for p in earlier.folder.iterdir() if p.is_file()}
     with pytest.raises(UnusableSceneError) as info:
-        run(forest, catalog, "s", options=opts)
+        run(forest, catalog.scene("s"), options=opts)
     message = str(info.value)
     assert "\n" not in message
     assert "scene 's': 100.0% of the pixels with data are masked (cloud 100.0%" in message
@@ -657,7 +660,7 @@ def test_a_mostly_masked_scene_stops_and_leaves_earlier_outputs(forest, tmp_path
     after = {p.name: p.read_bytes() for p in earlier.folder.iterdir() if p.is_file()}
     assert after == kept
     # Allowed everything, the same scene maps as all cloud.
-    res = run(_masked(forest, max_masked_fraction=1.0), catalog, "s", options=opts)
+    res = run(_masked(forest, max_masked_fraction=1.0), catalog.scene("s"), options=opts)
     assert (
         json.loads((res.folder / "run.json").read_text())["mask"]["masked_fraction"]["total"] == 1
     )
@@ -680,16 +683,16 @@ def test_values_that_are_not_reflectance_stop_with_the_fix(tmp_path):
         )
     )
     forest = load_workflow("forest")
-    message = str(pytest.raises(ModelError, plan, forest, cat, "raw", None).value)
+    message = str(pytest.raises(ModelError, plan, forest, cat.scene("raw")).value)
     assert "scene 'raw' band 'red'" in message and "outside -0.1..1.2" in message
     assert "look like digital numbers" in message and "`scale: 0.0001`" in message
     assert "one value per band" in message and "\n" not in message
-    message = str(pytest.raises(ModelError, plan, forest, cat, "red-off", None).value)
+    message = str(pytest.raises(ModelError, plan, forest, cat.scene("red-off")).value)
     assert "band 'red'" in message and "digital numbers" not in message
     # Ten times too large: red (0.3) would pass, NIR (2.7) does not.
-    message = str(pytest.raises(ModelError, plan, forest, cat, "tenfold", None).value)
+    message = str(pytest.raises(ModelError, plan, forest, cat.scene("tenfold")).value)
     assert "band 'nir'" in message and "median 2.7" in message
-    model = plan(forest, cat, "ok", None)[0]
+    model = plan(forest, cat.scene("ok"))[0]
     assert set(model.calibration) == {"forest_mean", "forest_std"}
     np.testing.assert_allclose(model.calibration["forest_mean"], [0.031, 0.1], atol=0.002)
 
@@ -701,4 +704,4 @@ def test_a_pair_of_identical_scenes_is_refused(tmp_path):
     entry = {"assets": paths, "scale": 0.0001}
     cat = load_catalog(catalog_yaml(tmp_path, {"a": entry, "b": entry}))
     with pytest.raises(UnusableSceneError, match="identical scenes cannot show change"):
-        plan(load_workflow("mining"), cat, "b", "a")
+        plan(load_workflow("mining"), cat.scene("b"), cat.scene("a"))

@@ -132,6 +132,12 @@ def test_qgis_opens_the_geopackage_styled(
     assert raster["classes"] == [
         {"value": c.value, "label": c.name, "colour": c.colour} for c in expected
     ]
+    # And GDAL names the values (classes.tif.aux.xml), as gdalinfo lists them.
+    categories = raster["gdal_categories"]
+    assert len(categories) == 256 and categories[255] == "nodata"
+    assert {c.value: c.name for c in expected} == {
+        v: name for v, name in enumerate(categories) if name and v != 255
+    }
 
     # The provenance table reads as a table of one row: this run's.
     runs = report["layers"]["runs"]

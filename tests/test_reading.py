@@ -49,9 +49,7 @@ COARSE = {
 }
 
 
-def _scene(
-    paths: dict[str, Path], scene_id: str = "t", scale: float = 1.0, **kwargs: Any
-) -> Scene:
+def _scene(paths: dict[str, Path], scene_id: str = "t", scale: float = 1.0, **kwargs: Any) -> Scene:
     bands = tuple(BandSource(n, str(p), scale=scale) for n, p in paths.items())
     return Scene(scene_id, bands, **kwargs)
 

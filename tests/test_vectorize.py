@@ -602,7 +602,7 @@ import json, sys
 import numpy as np
 import rasterio
 from pipeline.grid import blocks
-from pipeline.orchestrate import _vectorize_task
+from pipeline.orchestrate.polygons import _vectorize_task
 from pipeline.vectorize import Cleanup, merge_blocks, warm_up
 from tests.helpers import loaded_kernels as loaded
 from tests.test_vectorize import _blobs, _conf, _utm_grid

@@ -223,7 +223,7 @@ def _model_only_openvino(
 
 def _cache_of(workflow_json: str) -> Path:
     """The pipeline run's cache of converted networks: in its output folder, beside the workflow."""
-    from pipeline.orchestrate import default_cache
+    from pipeline.planning import default_cache
 
     return default_cache(Path(workflow_json).parent / "out")
 
@@ -369,9 +369,9 @@ def run_pipeline(catalog: str, workflow_json: str, out: str, workers: str) -> di
         address = client.scheduler.address
         result = run(
             workflow,
-            load_catalog(catalog),
-            "bench",
+            load_catalog(catalog).scene("bench"),
             options=RunOptions(out=Path(out), scheduler=address, progress=False),
+            catalog=catalog,
         )
         worker_rss = client.run(peak_rss_mb)
     times = result.summary["times"]

@@ -265,8 +265,7 @@ class OpenVINOModel:
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": precision,
             # OpenVINO pins its threads to cores, counting from the first: two workers of one
-            # thread each then share core 0 (measured: 1.11 s per 832² bf16 pass each, against
-            # 0.55 s unpinned), and the pinned worker thread vectorizes on it afterwards too.
+            # thread each would share core 0, each pass taking twice as long.
             "ENABLE_CPU_PINNING": False,
         }
         compiled = core.compile_model(core.read_model(folder / "model.xml"), "CPU", settings)

@@ -1,0 +1,137 @@
+"""geoseg from Python: the runs the command line makes, with their results as Python objects.
+
+>>> import pipeline
+>>> result = pipeline.run("forest", "s2-virginia", out="/tmp/out")   # doctest: +SKIP
+>>> result.polygons()                                                # a GeoDataFrame
+>>> result.summary["counts"]["polygon_classes"]["forest"]["polygons"]
+
+A scene is a catalog id (``catalog`` names the catalog file, else ``./data_catalog.yaml`` or
+the project's), a :class:`~pipeline.catalog.Scene` (:func:`scene_from_file` makes one from a
+file without a catalog), or a file path given with ``bands=``. Errors are the same
+:class:`~pipeline.errors.GeosegError` the command line prints in one line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.catalog import Catalog, Scene, SceneEntry, default_catalog, load_catalog
+from pipeline.errors import ConfigError
+from pipeline.orchestrate import RunOptions, RunResult
+from pipeline.workflow import Workflow
+from pipeline.workflow import load_workflow as _load_workflow
+
+#: Keyword options of :func:`run` that describe a scene given as a file (:func:`scene_from_file`).
+FILE_OPTIONS = ("bands", "scale", "offset", "nodata", "acquired", "sensor", "series")
+#: Keyword options of :func:`run` that say how to run.
+RUN_OPTIONS = ("workers", "scheduler", "progress", "instances", "seams", "tile_size", "halo")
+
+
+def open_catalog(path: str | Path | None = None) -> Catalog:
+    """The catalog at ``path``; without one, ``./data_catalog.yaml`` or the project's own."""
+    return load_catalog(path if path is not None else default_catalog())
+
+
+def load_workflow(name_or_path: str | Path) -> Workflow:
+    """A workflow by name (``forest``) or path to a ``.yaml`` file, validated."""
+    return _load_workflow(str(name_or_path))
+
+
+def scene_from_file(
+    path: str | Path,
+    bands: Sequence[str],
+    *,
+    scene_id: str | None = None,
+    scale: float | Sequence[float] = 1.0,
+    offset: float | Sequence[float] = 0.0,
+    nodata: float | None = None,
+    acquired: dt.date | str | None = None,
+    sensor: str | None = None,
+    series: str | None = None,
+) -> Scene:
+    """A scene from one multi-band file, as a catalog entry with ``path`` and ``bands`` says.
+
+    ``scene_id`` defaults to the file's name without its suffix. The same checks as a
+    catalog's: known band names, one ``scale``/``offset`` per band when lists, the file there.
+    """
+    file = Path(path).expanduser().resolve()
+    scene_id = scene_id or file.stem
+    raw: dict[str, Any] = {"path": str(file), "bands": list(bands), "nodata": nodata}
+    raw |= {"scale": _listed(scale), "offset": _listed(offset), "sensor": sensor}
+    raw |= {"acquired": str(acquired) if acquired else None, "series": series}
+    catalog = Catalog(path=file.parent / "(no catalog)", entries={scene_id: _entry(raw, file)})
+    return catalog.scene(scene_id)
+
+
+def run(
+    workflow: str | Path | Workflow,
+    scene: str | Path | Scene,
+    before: str | Path | Scene | None = None,
+    catalog: str | Path | Catalog | None = None,
+    out: str | Path | None = None,
+    **options: Any,
+) -> RunResult:
+    """Run ``workflow`` on ``scene`` (after ``before``) and write its outputs under ``out``.
+
+    ``workflow`` is a name, a path or a :class:`~pipeline.workflow.Workflow`; ``scene`` and
+    ``before`` are catalog ids, :class:`~pipeline.catalog.Scene` objects, or files when
+    ``bands=`` (and the other keywords of :func:`scene_from_file`) describe them (both
+    alike, for a pre/post pair of one product). The other
+    options are the command line's: ``tile_size``, ``halo``, ``workers``, ``scheduler``,
+    ``instances``, ``seams`` and ``progress`` (default False). Returns the
+    :class:`~pipeline.orchestrate.RunResult`: ``folder``, ``files``, ``summary`` (``run.json``),
+    ``polygons()`` as a GeoDataFrame, ``item()`` (the STAC Item) and ``path(name)``.
+    """
+    from pipeline.orchestrate import run as run_workflow
+
+    unknown = sorted(set(options) - set(FILE_OPTIONS) - set(RUN_OPTIONS))
+    if unknown:
+        known = ", ".join((*RUN_OPTIONS, *FILE_OPTIONS))
+        raise ConfigError(f"run() has no option {unknown[0]!r}; it takes: {known}")
+    flow = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
+    flow = flow.with_overrides(options.get("tile_size"), options.get("halo"))
+    files = {k: options[k] for k in FILE_OPTIONS if k in options}
+    cat = catalog if isinstance(catalog, Catalog) or catalog is None else open_catalog(catalog)
+
+    def resolve(given: str | Path | Scene) -> Scene:
+        nonlocal cat
+        if isinstance(given, Scene):
+            return given
+        if files:
+            if "bands" not in files:
+                raise ConfigError(f"{given}: a scene given as a file needs bands=[...]")
+            return scene_from_file(given, **files)
+        cat = cat or open_catalog()
+        return cat.scene(str(given))
+
+    resolved = resolve(scene)
+    earlier = resolve(before) if before is not None else None
+    settings = RunOptions(
+        out=Path(out) if out is not None else RunOptions.out,
+        workers=options.get("workers"),
+        scheduler=options.get("scheduler"),
+        progress=bool(options.get("progress", False)),
+        instances=bool(options.get("instances", False)),
+        seams=bool(options.get("seams", False)),
+    )
+    return run_workflow(flow, resolved, earlier, settings, str(cat.path) if cat else None)
+
+
+def _listed(value: float | Sequence[float]) -> float | list[float]:
+    return value if isinstance(value, int | float) else [float(v) for v in value]
+
+
+def _entry(raw: dict[str, Any], file: Path) -> SceneEntry:
+    """``raw`` validated as a catalog entry; its first problem as a one-line error."""
+    from pydantic import ValidationError
+
+    try:
+        return SceneEntry.model_validate({k: v for k, v in raw.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(scene)"
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{file}: field {field!r}: {msg}") from None

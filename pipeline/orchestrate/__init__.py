@@ -1,0 +1,150 @@
+"""Running a workflow on a scene with Dask distributed: the only package that knows Dask.
+
+A run, stage by stage (:func:`run`):
+
+1. **plan** (:mod:`pipeline.planning`): the model, the grid, each scene's mask, the model's
+   calibration and the blocks, every user error found before a cluster starts;
+2. **cluster** (:mod:`.cluster`): a local cluster or a scheduler's, each worker building the
+   model once;
+3. **tiles** (:mod:`.tiles`): each block read, masked and classified by a worker, written
+   into the working rasters and the resume cache as it arrives;
+4. **finish** (:mod:`.finish`): the rasters copied to COGs while the workers polygonize them
+   (:mod:`.polygons`), the GeoPackage, the preview and the styles;
+5. **summarize** (:mod:`pipeline.summary`, :mod:`pipeline.stac`): ``run.json`` and
+   ``item.json``;
+
+and every output renamed into place only when all of them are complete.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.catalog import Scene
+from pipeline.orchestrate.cluster import (
+    QUIET_MONITORS,
+    ModelPlugin,
+    RunOptions,
+    dask_client,
+    plugin_name,
+    release_memory,
+    worker_threads,
+)
+from pipeline.orchestrate.finish import EarlyWork, lower_thread_priority, publish
+from pipeline.orchestrate.polygons import labels_folder, vectorize_on_cluster
+from pipeline.orchestrate.tiles import WorkingRasters, classify_blocks, resume_key
+from pipeline.planning import RunPlan, check_masked, default_cache, plan_run
+from pipeline.publish import BlockCache, Staging, write_json
+from pipeline.stac import run_item
+from pipeline.summary import RunRecord, run_summary
+from pipeline.workflow import Workflow
+
+if TYPE_CHECKING:
+    import geopandas
+
+
+@dataclass
+class RunResult:
+    """What a finished run wrote: its folder, its files and its summary (``run.json``)."""
+
+    folder: Path
+    files: list[Path]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, name: str) -> Path:
+        """The output called ``name`` (``classes.tif``, ``polygons.gpkg``, …)."""
+        found = self.folder / name
+        if found not in self.files:
+            raise KeyError(f"the run wrote no {name} (it wrote {[f.name for f in self.files]})")
+        return found
+
+    def polygons(self) -> geopandas.GeoDataFrame:
+        """The run's polygons as a GeoDataFrame, read with pyogrio's Arrow path."""
+        import geopandas
+
+        layer = self.summary["workflow"]["name"]
+        return geopandas.read_file(self.path("polygons.gpkg"), layer=layer, use_arrow=True)
+
+    def item(self) -> dict[str, Any]:
+        """The run's STAC Item (``item.json``) as a dictionary."""
+        data: dict[str, Any] = json.loads(self.path("item.json").read_text(encoding="utf-8"))
+        return data
+
+
+def run(
+    workflow: Workflow,
+    scene: Scene,
+    before: Scene | None = None,
+    options: RunOptions | None = None,
+    catalog: str | None = None,
+) -> RunResult:
+    """Run ``workflow`` on ``scene`` (after ``before``) and write every output; what it wrote.
+
+    ``catalog`` names the catalog file the scenes came from, for the outputs' provenance.
+    """
+    options = options or RunOptions()
+    started = time.perf_counter()
+    times: dict[str, float] = {}
+    plan = plan_run(workflow, scene, before, default_cache(options.out), catalog)
+    times["plan_s"] = time.perf_counter() - started
+    folder = Path(options.out).expanduser() / plan.workflow.name / plan.scene.id
+    with Staging(folder) as staging:
+        cache = BlockCache(folder / ".work", resume_key(plan))
+        record = _run_on_cluster(plan, staging, cache, options, times)
+        record.times["total_s"] = time.perf_counter() - started
+        summary = run_summary(plan, record)
+        write_json(staging.path("run.json"), summary)
+        item = run_item(plan, summary, [*staging.outputs(), "item.json"])
+        write_json(staging.path("item.json"), item.to_dict(include_self_link=False))
+        files = staging.commit()
+        cache.clear()  # the outputs are complete: nothing left to resume
+    return RunResult(folder=folder, files=files, summary=summary)
+
+
+def _run_on_cluster(
+    plan: RunPlan, staging: Staging, cache: BlockCache, options: RunOptions, times: dict[str, float]
+) -> RunRecord:
+    """The tiles, then the outputs, on a cluster; what the run counted."""
+    rasters = WorkingRasters.create(staging, plan, options)
+    t0 = time.perf_counter()
+    with (
+        # A thread of the client's own for work that can wait: while the workers load the
+        # model it loads the polygon stage's kernels and reads the preview's scene; while
+        # they polygonize, it composes the preview and then renders it.
+        ThreadPoolExecutor(1, thread_name_prefix="geoseg-client") as pool,
+        dask_client(options.workers, options.scheduler) as client,
+    ):
+        times["cluster_start_s"] = time.perf_counter() - t0
+        workers = len(worker_threads(client))
+        early = EarlyWork.start(pool, plan)
+        try:
+            counts = classify_blocks(client, plan, rasters, cache, options, times)
+        finally:
+            rasters.close()
+        check_masked(plan, counts)
+        tally, created = publish(
+            client, pool, plan, rasters, early, counts, staging, options, times
+        )
+    resumed = int(times.pop("resumed_blocks", 0))
+    return RunRecord(counts, tally, times, created, options.scheduler, workers, resumed)
+
+
+__all__ = [
+    "QUIET_MONITORS",
+    "ModelPlugin",
+    "RunOptions",
+    "RunResult",
+    "dask_client",
+    "labels_folder",
+    "lower_thread_priority",
+    "plugin_name",
+    "release_memory",
+    "resume_key",
+    "run",
+    "vectorize_on_cluster",
+]

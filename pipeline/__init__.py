@@ -6,6 +6,7 @@ From Python (:mod:`pipeline.api`)::
 
     result = pipeline.run("forest", "s2-virginia", out="outputs")
     forest = result.polygons()          # a geopandas.GeoDataFrame
+    batch = pipeline.run_batch("forest", series=["slovenia"], out="outputs")
 
 Stages, data flowing one way: :mod:`pipeline.catalog` → :mod:`pipeline.grid` →
 :mod:`pipeline.reading` → :mod:`pipeline.masking` → :mod:`pipeline.models` /
@@ -22,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 from pipeline.errors import GeosegError
 
 if TYPE_CHECKING:
-    from pipeline.api import load_workflow, open_catalog, run, scene_from_file
+    from pipeline.api import (
+        load_workflow,
+        monitor,
+        open_catalog,
+        run,
+        run_batch,
+        scene_from_file,
+    )
     from pipeline.orchestrate import RunResult
 
 try:
@@ -31,7 +39,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 #: The Python API, imported when first used: workers import this package and need none of it.
-_API = {"run", "open_catalog", "load_workflow", "scene_from_file"}
+_API = {"run", "run_batch", "monitor", "open_catalog", "load_workflow", "scene_from_file"}
 
 
 def __getattr__(name: str) -> Any:
@@ -51,7 +59,9 @@ __all__ = [
     "RunResult",
     "__version__",
     "load_workflow",
+    "monitor",
     "open_catalog",
     "run",
+    "run_batch",
     "scene_from_file",
 ]

@@ -14,15 +14,20 @@ file without a catalog), or a file path given with ``bands=``. Errors are the sa
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.catalog import Catalog, Scene, SceneEntry, default_catalog, load_catalog
 from pipeline.errors import ConfigError
 from pipeline.orchestrate import RunOptions, RunResult
 from pipeline.workflow import Workflow
 from pipeline.workflow import load_workflow as _load_workflow
+
+if TYPE_CHECKING:
+    from pipeline.monitoring import MonitorReport
+    from pipeline.orchestrate.batch import BatchRecord, SceneOutcome
 
 #: Keyword options of :func:`run` that describe a scene given as a file (:func:`scene_from_file`).
 FILE_OPTIONS = ("bands", "scale", "offset", "nodata", "acquired", "sensor", "series")
@@ -91,8 +96,7 @@ def run(
     if unknown:
         known = ", ".join((*RUN_OPTIONS, *FILE_OPTIONS))
         raise ConfigError(f"run() has no option {unknown[0]!r}; it takes: {known}")
-    flow = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
-    flow = flow.with_overrides(options.get("tile_size"), options.get("halo"))
+    flow = _workflow(workflow, options)
     files = {k: options[k] for k in FILE_OPTIONS if k in options}
     cat = catalog if isinstance(catalog, Catalog) or catalog is None else open_catalog(catalog)
 
@@ -109,7 +113,101 @@ def run(
 
     resolved = resolve(scene)
     earlier = resolve(before) if before is not None else None
-    settings = RunOptions(
+    settings = _run_options(out, options)
+    return run_workflow(flow, resolved, earlier, settings, str(cat.path) if cat else None)
+
+
+def run_batch(
+    workflow: str | Path | Workflow,
+    scenes: Sequence[str] = (),
+    befores: Sequence[str] = (),
+    series: Sequence[str] = (),
+    every: bool = False,
+    catalog: str | Path | Catalog | None = None,
+    out: str | Path | None = None,
+    on_outcome: Callable[[SceneOutcome], None] | None = None,
+    on_left_out: Callable[[str], None] | None = None,
+    **options: Any,
+) -> BatchRecord:
+    """Run ``workflow`` on many catalog scenes as one batch, on one cluster; how each ended.
+
+    The scenes are ``scenes`` (each after its ``befores`` entry, when given), every scene of
+    each of ``series`` (a two-date workflow pairs each with the latest usable scene before it)
+    and, with ``every``, each catalog scene that has the bands the workflow reads. Each
+    scene's outputs are those of :func:`run`; one that fails or is too cloudy is recorded and
+    the others go on. ``on_outcome`` hears of each scene as it ends, ``on_left_out`` of each
+    scene ``every`` passed over and why. Options as :func:`run`'s (but ``progress``). Returns
+    the :class:`~pipeline.orchestrate.batch.BatchRecord` also written to
+    ``OUT/WORKFLOW/batch.json``; its ``outcomes`` hold each scene's ``run.json``.
+    """
+    from pipeline.orchestrate.batch import Batch, BatchRecord, planned_model
+    from pipeline.orchestrate.batch import run_batch as run_scenes
+    from pipeline.selection import select_scenes
+
+    unknown = sorted(set(options) - set(RUN_OPTIONS) - {"progress"})
+    if unknown:
+        raise ConfigError(f"run_batch() has no option {unknown[0]!r}; it takes: {RUN_OPTIONS}")
+    started, started_at = time.perf_counter(), dt.datetime.now(dt.UTC)
+    flow = _workflow(workflow, options)
+    cat = catalog if isinstance(catalog, Catalog) else open_catalog(catalog)
+    settings = _run_options(out, options | {"progress": False})
+    model = planned_model(flow, settings)
+    selection = select_scenes(cat, model.bands, model.needs_before, scenes, befores, series, every)
+    for line in selection.left_out:
+        if on_left_out is not None:
+            on_left_out(line)
+    if not selection.scenes:
+        raise ConfigError(
+            f"no scene to run: none of the catalog's scenes has what workflow {flow.name!r} "
+            f"needs (bands {', '.join(model.bands)}"
+            + (", and a series of two scenes or more)" if model.needs_before else ")")
+        )
+    with Batch(flow, cat.scene, settings, str(cat.path), model) as batch:
+        outcomes = run_scenes(batch, selection.singles, selection.series, on_outcome)
+    total_s = time.perf_counter() - started
+    record = BatchRecord(flow.name, outcomes, batch.setup_s, total_s, started_at)
+    record.write(settings.out)
+    return record
+
+
+def monitor(
+    workflow: str | Path | Workflow,
+    series: str,
+    catalog: str | Path | Catalog | None = None,
+    out: str | Path | None = None,
+    on_scene: Callable[[Any, dict[str, Any]], None] | None = None,
+    **options: Any,
+) -> MonitorReport:
+    """Take the scenes of catalog ``series`` not yet taken into ``OUT/WORKFLOW/SERIES``.
+
+    What ``geoseg monitor`` does (see :mod:`pipeline.monitoring`): the new scenes run as a
+    batch, then each updates the series' state, alerts layer, timeline and ledger in
+    ``monitor.gpkg``. ``on_scene`` hears of each scene as it is recorded (its
+    :class:`~pipeline.monitoring.store.LedgerRow` and timeline row) or fails (its
+    :class:`~pipeline.orchestrate.batch.SceneOutcome` and {}). Options as :func:`run_batch`'s.
+    Returns the :class:`~pipeline.monitoring.MonitorReport`; raises
+    :class:`~pipeline.errors.SeriesBusyError` when another monitor holds the series.
+    """
+    from pipeline.monitoring import monitor as monitor_series
+
+    unknown = sorted(set(options) - set(RUN_OPTIONS))
+    if unknown:
+        raise ConfigError(f"monitor() has no option {unknown[0]!r}; it takes: {RUN_OPTIONS}")
+    flow = _workflow(workflow, options)
+    cat = catalog if isinstance(catalog, Catalog) else open_catalog(catalog)
+    settings = _run_options(out, options | {"progress": False})
+    return monitor_series(flow, series, cat, settings, on_scene)
+
+
+def _workflow(workflow: str | Path | Workflow, options: dict[str, Any]) -> Workflow:
+    """The workflow asked for, with the ``tile_size`` and ``halo`` of ``options``."""
+    flow = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
+    return flow.with_overrides(options.get("tile_size"), options.get("halo"))
+
+
+def _run_options(out: str | Path | None, options: dict[str, Any]) -> RunOptions:
+    """How to run, from the keyword options of :func:`run`."""
+    return RunOptions(
         out=Path(out) if out is not None else RunOptions.out,
         workers=options.get("workers"),
         scheduler=options.get("scheduler"),
@@ -117,7 +215,6 @@ def run(
         instances=bool(options.get("instances", False)),
         seams=bool(options.get("seams", False)),
     )
-    return run_workflow(flow, resolved, earlier, settings, str(cat.path) if cat else None)
 
 
 def _listed(value: float | Sequence[float]) -> float | list[float]:

@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
-from pipeline.errors import ConfigError, GeosegError
+from pipeline.errors import ConfigError, GeosegError, SeriesBusyError
+
+#: Exit status when another monitor holds the series: sysexits' EX_TEMPFAIL, "try again later".
+BUSY = 75
 
 
 def _positive(text: str) -> int:
@@ -65,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     _add_run(sub, catalog_opt)
+    _add_monitor(sub, catalog_opt)
     _add_train(sub, catalog_opt)
     _add_evaluate(sub)
     _add_bench(sub)
@@ -77,21 +81,54 @@ def _add_run(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
     run = sub.add_parser(
         "run",
         parents=[catalog_opt],
-        help="run a workflow on a scene",
+        help="run a workflow on a scene, or on many as one batch",
         description=(
             "Run WORKFLOW on a catalog scene and write classes.tif (with classes.qml and "
             "classes.tif.aux.xml), confidence.tif, polygons.gpkg, preview.png, run.json and "
-            "item.json (and on request instances.tif, seams.tif) to OUT/WORKFLOW/SCENE/."
+            "item.json (and on request instances.tif, seams.tif) to OUT/WORKFLOW/SCENE/. "
+            "Several --scene, --series or --all make a batch: one cluster and one model load "
+            "for every scene, each scene's outputs as a single run writes them, a scene that "
+            "fails or is too cloudy reported and skipped, and OUT/WORKFLOW/batch.json listing "
+            "every scene with its status, time and counts. Scenes whose outputs are complete "
+            "for the same inputs are not run again."
+        ),
+        epilog=(
+            "exit status: 0 every scene done; 2 bad input, nothing run; in a batch, 3 some "
+            "scenes unusable (too cloudy, or no change to show) and none failed, 4 some "
+            "scenes failed"
         ),
     )
     run.add_argument(
         "workflow", help="workflow name under workflows/ (forest, mining, fire) or a .yaml path"
     )
-    run.add_argument("--scene", required=True, metavar="ID", help="catalog id of the scene")
+    run.add_argument(
+        "--scene",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="catalog id of a scene; repeat for a batch",
+    )
     run.add_argument(
         "--before",
+        action="append",
+        default=[],
         metavar="ID",
-        help="catalog id of the pre-event scene (fire, mining; forest: adds forest loss)",
+        help="catalog id of the pre-event scene (fire, mining; forest: adds forest loss); "
+        "in a batch, one per --scene, in order",
+    )
+    run.add_argument(
+        "--series",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="every scene of a catalog series, oldest first; a two-date workflow pairs each "
+        "with the latest usable scene before it (repeatable)",
+    )
+    run.add_argument(
+        "--all",
+        action="store_true",
+        help="every catalog scene that has the bands the workflow reads (two-date workflows: "
+        "every series of two such scenes or more)",
     )
     run.add_argument(
         "--out",
@@ -134,6 +171,45 @@ def _add_run(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
         help="also write seams.tif: 1 where overlapping tiles predict different classes",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
+
+
+def _add_monitor(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
+    """The ``monitor`` subcommand."""
+    mon = sub.add_parser(
+        "monitor",
+        parents=[catalog_opt],
+        help="take a series' new scenes into its change alerts (safe to schedule)",
+        description=(
+            "Run WORKFLOW on each scene of a catalog series that the series' ledger has not "
+            "taken, oldest first, in one batch (a two-date workflow: each after the latest "
+            "usable scene), and update OUT/WORKFLOW/SERIES/: monitor.gpkg (alerts layer, "
+            "timeline and ledger tables), the state raster and timeline.png. Each scene's own "
+            "outputs stay in OUT/WORKFLOW/SCENE/. A pixel under cloud keeps its last observed "
+            "class; an alert is low until a later clear observation confirms it (see the "
+            "workflow's monitor: settings). One monitor runs per series at a time; a run "
+            "killed mid-scene and started again finishes that scene once."
+        ),
+        epilog=(
+            "exit status: 0 done (or nothing new); 2 bad input, nothing changed; 4 some "
+            "scenes failed (reported; the next run tries them again); 75 another monitor is "
+            "updating the series (nothing changed; try again later)"
+        ),
+    )
+    mon.add_argument(
+        "workflow", help="workflow name under workflows/ (forest, mining, fire) or a .yaml path"
+    )
+    mon.add_argument("--series", required=True, metavar="NAME", help="catalog series to follow")
+    mon.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR", help="output root")
+    mon.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help="local Dask worker processes (default: one per core)",
+    )
+    mon.add_argument(
+        "--scheduler", metavar="ADDR", help="use an existing Dask cluster instead of a local one"
+    )
+    mon.add_argument("--quiet", action="store_true", help="print only problems")
 
 
 def _add_train(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
@@ -319,11 +395,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.workers and args.scheduler:
         raise ConfigError("--workers sizes the local cluster; it cannot be used with --scheduler")
+    if not (args.scene or args.series or args.all):
+        raise ConfigError("give --scene ID (repeat it for a batch), --series NAME or --all")
     workflow = load_workflow(args.workflow).with_overrides(args.tile_size, args.halo)
+    if len(args.scene) > 1 or args.series or args.all:
+        return _cmd_batch(args, workflow)
+    if len(args.before) > 1:
+        raise ConfigError(f"{len(args.before)} --before for one --scene; give one")
     result = run(
         workflow,
-        args.scene,
-        args.before,
+        args.scene[0],
+        args.before[0] if args.before else None,
         catalog=open_catalog(args.catalog),
         out=args.out,
         workers=args.workers,
@@ -335,7 +417,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         s = result.summary
         print(
-            f"{workflow.name} on {args.scene}: {s['counts']['polygons']} polygons, "
+            f"{workflow.name} on {args.scene[0]}: {s['counts']['polygons']} polygons, "
             f"{s['times']['total_s']:.1f} s"
         )
         for name, info in s["counts"]["polygon_classes"].items():
@@ -344,6 +426,85 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for f in result.files:
             print(f"  {f}")
     return 0
+
+
+def _cmd_batch(args: argparse.Namespace, workflow: Any) -> int:
+    """``geoseg run`` with several scenes: one batch; its exit status says how it went."""
+    from pipeline.api import run_batch
+
+    def heard(outcome: Any) -> None:
+        if not args.quiet or outcome.status != "done":
+            print(outcome.line(), file=sys.stdout if outcome.status == "done" else sys.stderr)
+
+    record = run_batch(
+        workflow,
+        scenes=args.scene,
+        befores=args.before,
+        series=args.series,
+        every=args.all,
+        catalog=args.catalog,
+        out=args.out,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        instances=args.instances,
+        seams=args.seams,
+        on_outcome=heard,
+        on_left_out=None if args.quiet else lambda line: print(f"left out {line}"),
+    )
+    n = record.counts()
+    if not args.quiet:
+        print(
+            f"{workflow.name}: {len(record.outcomes)} scenes, {n['done']} done, "
+            f"{n['unusable']} unusable, {n['failed']} failed in {record.total_s:.1f} s "
+            f"(cluster and model {record.setup_s:.1f} s); table in {record.path}"
+        )
+    return 4 if n["failed"] else 3 if n["unusable"] else 0
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from pipeline.api import monitor
+
+    if args.workers and args.scheduler:
+        raise ConfigError("--workers sizes the local cluster; it cannot be used with --scheduler")
+
+    def heard(item: Any, row: dict[str, Any]) -> None:
+        failed = getattr(item, "status", "") == "failed" and not row
+        if failed:
+            print(f"{item.scene}: failed: {item.message}", file=sys.stderr)
+        elif not args.quiet:
+            print(_monitor_line(item, row))
+
+    report = monitor(
+        args.workflow,
+        args.series,
+        catalog=args.catalog,
+        out=args.out,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        on_scene=heard,
+    )
+    if not args.quiet:
+        alerts = ", ".join(f"{n} {k}" for k, n in sorted(report.alerts.items())) or "none"
+        if report.nothing_new:
+            print(f"series {args.series}: nothing new; nothing changed (alerts: {alerts})")
+        else:
+            print(
+                f"series {args.series}: {len(report.taken)} scenes taken, "
+                f"{len(report.failed)} failed in {report.seconds:.1f} s; alerts: {alerts}; "
+                f"see {report.folder / 'monitor.gpkg'}"
+            )
+    return 4 if report.failed else 0
+
+
+def _monitor_line(row: Any, timeline: dict[str, Any]) -> str:
+    """One recorded scene, as ``geoseg monitor`` prints it."""
+    head = f"{row.scene} ({row.acquired or 'no date'}): {row.status}"
+    if row.status != "done":
+        return f"{head}: {row.message}" if row.message else head
+    new = timeline.get("new_alerts_km2") or 0.0
+    confirmed = timeline.get("confirmed_km2") or 0.0
+    masked = timeline.get("masked_fraction") or 0.0
+    return f"{head}, {masked:.0%} masked, new alerts {new:.3f} km², confirmed {confirmed:.3f} km²"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -507,6 +668,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "monitor":
+            return _cmd_monitor(args)
         if args.command == "train":
             return _cmd_train(args)
         if args.command == "evaluate":
@@ -516,6 +679,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "catalog" and args.catalog_command == "list":
             return _cmd_catalog_list(args)
         parser.error(f"unknown command {args.command!r}")  # pragma: no cover
+    except SeriesBusyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return BUSY
     except GeosegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

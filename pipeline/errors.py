@@ -26,4 +26,17 @@ class UnusableSceneError(SceneError):
     """A scene reads fine but cannot give an answer: mostly cloud, or no change to show.
 
     Batch and monitoring runs record such a scene as unusable and go on with the others.
+    ``masked`` holds the shares of its pixels masked as ``cloud``, ``cloud_shadow`` and in
+    ``total``, when clouds are the reason.
+    """
+
+    def __init__(self, message: str, masked: dict[str, float] | None = None) -> None:
+        super().__init__(message)
+        self.masked = dict(masked or {})
+
+
+class SeriesBusyError(GeosegError):
+    """Another ``geoseg monitor`` is updating the same series: try again once it is done.
+
+    The command line exits with its own status (75, "try again later") for it.
     """

@@ -93,9 +93,10 @@ def plan_run(
     before: Scene | None = None,
     cache: Path | None = None,
     catalog: str | None = None,
+    built: ModelInfo | None = None,
 ) -> RunPlan:
     """Plan ``workflow`` on ``scene`` (after ``before``): see :func:`plan` and the module."""
-    model, scene, before, grid = plan(workflow, scene, before, cache)
+    model, scene, before, grid = plan(workflow, scene, before, cache, built)
     masks = scene_masks(workflow, scene, before, grid)
     context = getattr(model, "context_px", 0)
     if context > workflow.halo:  # a model that looks further than the workflow's halo
@@ -118,6 +119,7 @@ def plan(
     scene: Scene,
     before: Scene | None = None,
     cache: Path | None = None,
+    built: ModelInfo | None = None,
 ) -> tuple[ModelInfo, Scene, Scene | None, Grid]:
     """Check that the workflow's model fits the scenes; return the model, scenes and grid.
 
@@ -125,8 +127,10 @@ def plan(
     model; in a child process, so that this one never imports torch) and a
     :class:`~pipeline.models.engines.NetworkInfo` in place of the model. An index model is
     checked against a sample of the scenes and calibrated on it (:func:`fit_to_scenes`).
+    ``built`` is the model :func:`build_planned_model` made for an earlier plan of the same
+    workflow (a batch's), used instead of building it again.
     """
-    model = build_planned_model(workflow, cache)
+    model = built if built is not None else build_planned_model(workflow, cache)
     check_dates(workflow, model, scene, before)
     grid = scene_grid(scene, model.bands)
     if before is not None:
@@ -288,7 +292,8 @@ def check_masked(plan: RunPlan, counts: np.ndarray) -> None:
         f"{which}: {share['total']:.1%} of the pixels with data are masked (cloud "
         f"{share['cloud']:.1%}, cloud shadow {share['cloud_shadow']:.1%}), more than the "
         f"workflow's mask.max_masked_fraction of {limit:.0%}; no output was written. Pick a "
-        "clearer scene, or raise max_masked_fraction to map what is clear"
+        "clearer scene, or raise max_masked_fraction to map what is clear",
+        masked=share,
     )
 
 

@@ -117,7 +117,7 @@ class BlockCache:
     """
 
     def __init__(self, root: Path, key: str) -> None:
-        self.root = root
+        self.root, self.key = root, key
         self.folder = root / key
 
     def _file(self, block: Block) -> Path:
@@ -366,7 +366,7 @@ def write_attributes(
 
     The table is registered in ``gpkg_contents`` as ``attributes``, so GDAL and QGIS list it.
     """
-    _write_table(
+    write_table(
         path,
         layer,
         {name: np.array([value], dtype=object) for name, value in row.items()},
@@ -401,12 +401,16 @@ def write_layer_style(
             [np.datetime64(dt.datetime.now(dt.UTC).replace(tzinfo=None), "ms")]
         ),
     }
-    _write_table(path, "layer_styles", row, fid="id")
+    write_table(path, "layer_styles", row, fid="id")
 
 
-def _write_table(
+def write_table(
     path: Path, layer: str, fields: dict[str, np.ndarray], description: str = "", fid: str = ""
 ) -> None:
+    """Rows ``fields`` (name -> column) into attributes table ``layer`` of a GeoPackage.
+
+    The table is made when missing, with ``description`` and the feature-id column ``fid``.
+    """
     import pyogrio
 
     exists = path.exists() and layer in pyogrio.list_layers(str(path))[:, 0]
@@ -549,3 +553,14 @@ def write_bytes(path: Path, data: bytes) -> None:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as indented JSON."""
     path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def replace_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON under a temporary name, then rename it to ``path``.
+
+    For a file outside a run's staging (a batch's table): a reader sees the old file or the
+    new one, never half of one.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_json(tmp, data)
+    os.replace(tmp, path)

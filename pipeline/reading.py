@@ -383,9 +383,7 @@ def sample_windows(grid: Grid) -> list[Window]:
     return out
 
 
-def sample_pixels(
-    scenes: list[Scene], bands: tuple[str, ...], grid: Grid
-) -> list[np.ndarray]:
+def sample_pixels(scenes: list[Scene], bands: tuple[str, ...], grid: Grid) -> list[np.ndarray]:
     """Each scene's ``bands`` where every scene holds data, through :func:`sample_windows`.
 
     float32 reflectance ``[len(bands), N]`` per scene, in the order of ``scenes``.

@@ -67,6 +67,8 @@ class RunRecord:
     scheduler: str | None = None
     workers: int = 0
     resumed_blocks: int = 0
+    #: The run's inputs in one digest (see :func:`pipeline.orchestrate.tiles.resume_key`).
+    inputs_key: str = ""
 
 
 def versions() -> dict[str, str]:
@@ -148,6 +150,7 @@ def run_summary(plan: RunPlan, record: RunRecord) -> dict[str, Any]:
             "workers": record.workers,
             "tiles": len(plan.tiles),
             "resumed_blocks": record.resumed_blocks,
+            "inputs_key": record.inputs_key,
         },
         "counts": counts_summary(plan, record),
         "versions": versions(),

@@ -91,9 +91,7 @@ class BlockPolygons:
 SIEVE_PASSES = 4
 
 
-def sieve(
-    classes: np.ndarray, size: int, nodata: int, fixed: tuple[int, ...] = ()
-) -> np.ndarray:
+def sieve(classes: np.ndarray, size: int, nodata: int, fixed: tuple[int, ...] = ()) -> np.ndarray:
     """Replace regions of fewer than ``size`` pixels by their neighbours' majority class.
 
     Regions are 4-connected. In each of up to :data:`SIEVE_PASSES` passes, every region still

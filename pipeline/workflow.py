@@ -198,6 +198,46 @@ class MaskConfig(_Strict):
     )
 
 
+class MonitorConfig(_Strict):
+    """How ``geoseg monitor`` turns a series' runs into change alerts (:mod:`pipeline.monitoring`).
+
+    A pixel's state is the class it was last *observed* as: under cloud, shadow or no data it
+    keeps it. An alert is raised where a new observation leaves a ``lost`` class or enters an
+    ``appeared`` one.
+    """
+
+    lost: tuple[str, ...] = Field(
+        default=(),
+        description="Classes whose loss is an alert: a pixel last observed as one of them, now "
+        "observed as another class.",
+    )
+    appeared: tuple[str, ...] = Field(
+        default=(),
+        description="Classes whose appearance is an alert: a pixel now observed as one of them "
+        "that was last observed as another class (for a two-date model, that was not one of "
+        "them at the pre-event date).",
+    )
+    confirm: bool = Field(
+        default=True,
+        description="An alert starts at low confidence and becomes high when a later clear "
+        "observation still shows the change; one it does not show is withdrawn. false: alerts "
+        "are high at once (for models that compare two dates themselves: a scar is new once).",
+    )
+    min_area_m2: float = Field(
+        default=0.0,
+        ge=0,
+        description="New detections in patches smaller than this (8-connected) raise no alert.",
+    )
+    baseline_observations: int = Field(
+        default=2,
+        ge=1,
+        le=255,
+        description="Clear observations in a row that make a pixel's class its baseline: only "
+        "a baseline class can be lost (or, for a one-date model, give way to an appeared "
+        "class), so one stray observation never raises an alert.",
+    )
+
+
 class Workflow(_Strict):
     """A validated workflow."""
 
@@ -216,6 +256,7 @@ class Workflow(_Strict):
         description="Vectorized classes merged into one polygon class each; the other "
         "vectorized classes stay polygon classes of their own.",
     )
+    monitor: MonitorConfig = MonitorConfig()
 
     @model_validator(mode="after")
     def _classes_consistent(self) -> Workflow:
@@ -243,6 +284,13 @@ class Workflow(_Strict):
         names = [c.name for c in self.polygon_classes()]
         if len(set(names)) != len(names):
             raise ValueError(f"polygon class names repeat: {names}")
+        known = {c.name for c in self.classes}
+        watched = (*self.monitor.lost, *self.monitor.appeared)
+        unknown = [n for n in watched if n not in known]
+        if unknown:
+            raise ValueError(f"monitor: no class {unknown[0]!r} (classes: {sorted(known)})")
+        if set(self.monitor.lost) & set(self.monitor.appeared):
+            raise ValueError("monitor: a class cannot be both `lost` and `appeared`")
         return self
 
     def polygon_classes(self) -> tuple[ClassDef, ...]:

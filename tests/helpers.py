@@ -13,6 +13,19 @@ from typing import Any
 import pytest
 
 from pipeline.errors import GeosegError
+from tests.conftest import ROOT
+
+
+def geoseg(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """``geoseg ARGS`` as a user runs it: a fresh process, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def user_error(exc_type: type[GeosegError], fn: Callable[..., Any], *args: Any) -> str:

@@ -225,6 +225,27 @@ def test_network_runs_each_core_once_per_process(landsat_cloudy, monkeypatch):
     assert set(runs) == {(6, 256, 256)}
 
 
+def _compile_into(cache: str) -> list[float]:
+    net = network_module.CloudNetwork("model_4b_l1c", 1, Path(cache))
+    return net.probabilities(np.full((4, 256, 256), 0.1, np.float32))[:, 0, 0].tolist()
+
+
+def test_workers_starting_together_share_the_compiled_network(tmp_path):
+    """Four processes compile into one empty cache at once, as a cluster's workers do."""
+    import multiprocessing
+
+    cache = tmp_path / "openvino"
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        answers = pool.map(_compile_into, [str(cache)] * 4)
+    assert all(a == answers[0] for a in answers)
+    assert sum(answers[0]) == pytest.approx(1.0, abs=1e-5)
+    assert [p.suffix for p in cache.iterdir() if p.name != ".lock"] == [".blob"]
+    # A cache that cannot be a folder costs the compile time, not the answer.
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    assert _compile_into(str(blocked)) == answers[0]
+
+
 def test_masked_fractions_of_the_real_scenes(shared_data, project_catalog):
     """Cloudy Slovenia dates ≥ 90 % masked; clear ones ≤ 5 %; Virginia ≤ 2 %; fire posts ≤ 5 %."""
     limits = {

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from pipeline.training import Sample, TrainOptions, _Source, predict_scene, trai
 from pipeline.workflow import load_workflow
 from tests.conftest import ROOT
 from tests.data import catalog_yaml
+from tests.helpers import geoseg
 
 #: Columns of the Dove fire scene used for training; the rest is held out.
 SPLIT = 224
@@ -116,17 +115,6 @@ def test_checkpoint_carries_its_card(trained):
     assert ckpt.hyper_parameters["in_channels"] == 10 and ckpt.hyper_parameters["num_classes"] == 2
 
 
-def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-
-
 @pytest.mark.slow
 def test_run_with_trained_checkpoint_writes_what_the_index_model_writes(
     trained, shared_data, tmp_path
@@ -136,7 +124,7 @@ def test_run_with_trained_checkpoint_writes_what_the_index_model_writes(
     flow = flow.replace("../models/fire-unet.ckpt", str(ckpt))
     (tmp_path / "fire-unet.yaml").write_text(flow)
     out = tmp_path / "out"
-    unet = _run(
+    unet = geoseg(
         "run",
         str(tmp_path / "fire-unet.yaml"),
         "--scene",
@@ -147,7 +135,9 @@ def test_run_with_trained_checkpoint_writes_what_the_index_model_writes(
         str(out),
     )
     assert unet.returncode == 0, unet.stderr
-    index = _run("run", "fire", "--scene", "hurst-post", "--before", "hurst-pre", "--out", str(out))
+    index = geoseg(
+        "run", "fire", "--scene", "hurst-post", "--before", "hurst-pre", "--out", str(out)
+    )
     assert index.returncode == 0, index.stderr
 
     a, b = out / "fire-unet" / "hurst-post", out / "fire" / "hurst-post"
@@ -163,7 +153,7 @@ def test_run_with_trained_checkpoint_writes_what_the_index_model_writes(
     assert run_json["workflow"]["model"]["kind"] == "torchgeo"
 
     # And geoseg evaluate scores it against the perimeter, as it does the index model.
-    scored = _run(
+    scored = geoseg(
         "evaluate",
         "--pred",
         str(a / "classes.tif"),
@@ -180,7 +170,7 @@ def test_run_with_trained_checkpoint_writes_what_the_index_model_writes(
 def test_geoseg_train_command(dove, tmp_path):
     catalog, folder = dove
     out = tmp_path / "m.ckpt"
-    proc = _run(
+    proc = geoseg(
         "train",
         "fire-unet",
         "--catalog",

@@ -302,7 +302,8 @@ def _mask_only_worker(catalog: str, share: list[Block], start: Any, out: Any) ->
     grid = scene_grid(scene, SCENE_BANDS)
     plan = plan_mask(MaskConfig(method="network"), scene, grid)
     assert plan.network is not None
-    net = mask_network.load(plan.network, threads=1)
+    mask_network.configure(threads=1)
+    net = mask_network.load(plan.network)
     net.probabilities(np.zeros((len(net.bands), 256, 256), np.float32))  # set-up off the clock
     start.wait()
     t0 = time.perf_counter()

@@ -14,6 +14,7 @@ Why these networks and not ``s2cloudless`` or a threshold: ``BENCHMARKS.md`` ("C
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import importlib.util
 import json
@@ -70,24 +71,16 @@ class CloudNetwork:
     def __init__(
         self, name: str, threads: int | None = None, cache_dir: Path | None = None
     ) -> None:
-        import openvino as ov
-
         meta = network_meta(name)
         stats = meta["data"]["dataset_statistics"]
         self.name = name
         self.bands: tuple[str, ...] = tuple(stats["band_names"])
         self._mean = np.asarray(stats["img"][0], dtype=np.float32)[:, None, None]
         self._std = np.asarray(stats["img"][1], dtype=np.float32)[:, None, None]
-        core = ov.Core()
-        if cache_dir is not None:
-            # OpenVINO keeps the compiled network there: 0.15 s to load instead of 0.7 s.
-            core.set_property({"CACHE_DIR": str(cache_dir)})
-        model = core.read_model(package_folder() / f"{name}.onnx")
-        model.reshape([1, len(self.bands), TILE_CELLS, TILE_CELLS])
         settings: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
         if threads:
             settings["INFERENCE_NUM_THREADS"] = threads
-        self._request = core.compile_model(model, "CPU", settings).create_infer_request()
+        self._request = _compile(name, len(self.bands), settings, cache_dir).create_infer_request()
 
     def probabilities(self, cells: np.ndarray) -> np.ndarray:
         """float32 ``[3, h, w]`` probabilities of clear, cloud and shadow for one tile of cells.
@@ -105,14 +98,49 @@ class CloudNetwork:
         return (exp / exp.sum(axis=0, keepdims=True)).astype(np.float32)
 
 
-_LOADED: dict[str, CloudNetwork] = {}
+def _compile(name: str, bands: int, settings: dict[str, Any], cache_dir: Path | None) -> Any:
+    """Network ``name`` compiled for the CPU, through the compiled form kept in ``cache_dir``.
 
-
-def load(name: str, threads: int | None = None, cache_dir: Path | None = None) -> CloudNetwork:
-    """Network ``name``, compiled once per process (the settings apply at the first load).
-
-    ``cache_dir`` keeps OpenVINO's compiled form of the network for the next process.
+    OpenVINO loads a kept network in 0.15 s instead of compiling it in 0.7 s. Workers that
+    start together would write the same file at once (OpenVINO then fails on it), so they
+    take turns under a file lock; a cache that cannot be used costs time, never the run.
     """
+    import openvino as ov
+
+    def compile_with(core: Any) -> Any:
+        model = core.read_model(package_folder() / f"{name}.onnx")
+        model.reshape([1, bands, TILE_CELLS, TILE_CELLS])
+        return core.compile_model(model, "CPU", settings)
+
+    if cache_dir is None:
+        return compile_with(ov.Core())
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with open(cache_dir / ".lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            core = ov.Core()
+            core.set_property({"CACHE_DIR": str(cache_dir)})
+            return compile_with(core)
+    except (OSError, RuntimeError):
+        return compile_with(ov.Core())
+
+
+_LOADED: dict[str, CloudNetwork] = {}
+#: How this process compiles the networks it loads (see :func:`configure`).
+_SETTINGS: dict[str, Any] = {"threads": None, "cache_dir": None}
+
+
+def configure(threads: int | None = None, cache_dir: Path | None = None) -> None:
+    """How this process compiles the networks it loads from now on.
+
+    For ``threads`` threads (a Dask worker has one), their compiled form kept in ``cache_dir``
+    for the next process.
+    """
+    _SETTINGS.update(threads=threads, cache_dir=cache_dir)
+
+
+def load(name: str) -> CloudNetwork:
+    """Network ``name``, compiled once per process, as :func:`configure` last said."""
     if name not in _LOADED:
-        _LOADED[name] = CloudNetwork(name, threads, cache_dir)
+        _LOADED[name] = CloudNetwork(name, _SETTINGS["threads"], _SETTINGS["cache_dir"])
     return _LOADED[name]

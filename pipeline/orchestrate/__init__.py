@@ -19,17 +19,22 @@ and every output renamed into place only when all of them are complete.
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.catalog import Scene
+from pipeline.errors import UnusableSceneError
 from pipeline.orchestrate.cluster import (
     QUIET_MONITORS,
     ModelPlugin,
     RunOptions,
+    SharedCluster,
     dask_client,
     plugin_name,
     release_memory,
@@ -89,13 +94,31 @@ def run(
     """
     options = options or RunOptions()
     started = time.perf_counter()
-    times: dict[str, float] = {}
     plan = plan_run(workflow, scene, before, default_cache(options.out), catalog)
-    times["plan_s"] = time.perf_counter() - started
-    folder = Path(options.out).expanduser() / plan.workflow.name / plan.scene.id
+    return run_plan(plan, options, started)
+
+
+def run_plan(
+    plan: RunPlan, options: RunOptions, started: float, shared: SharedCluster | None = None
+) -> RunResult:
+    """Run a plan made at ``started`` (a ``perf_counter`` time) and write every output.
+
+    On the ``shared`` cluster, whose workers already hold the model, when one is given (a
+    batch's, :mod:`.batch`); else on a cluster of its own.
+    """
+    times = {"plan_s": time.perf_counter() - started}
+    folder = output_folder(plan, options)
+    existed = folder.exists()
+    cache = BlockCache(folder / ".work", resume_key(plan))
     with Staging(folder) as staging:
-        cache = BlockCache(folder / ".work", resume_key(plan))
-        record = _run_on_cluster(plan, staging, cache, options, times)
+        try:
+            record = _run_on_cluster(plan, staging, cache, options, times, shared)
+        except UnusableSceneError:
+            # Run again, the scene would still be unusable: keep nothing of it.
+            cache.clear()
+            if not existed:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         record.times["total_s"] = time.perf_counter() - started
         summary = run_summary(plan, record)
         write_json(staging.path("run.json"), summary)
@@ -106,8 +129,18 @@ def run(
     return RunResult(folder=folder, files=files, summary=summary)
 
 
+def output_folder(plan: RunPlan, options: RunOptions) -> Path:
+    """Where a plan's outputs go: ``OUT/WORKFLOW/SCENE``."""
+    return Path(options.out).expanduser() / plan.workflow.name / plan.scene.id
+
+
 def _run_on_cluster(
-    plan: RunPlan, staging: Staging, cache: BlockCache, options: RunOptions, times: dict[str, float]
+    plan: RunPlan,
+    staging: Staging,
+    cache: BlockCache,
+    options: RunOptions,
+    times: dict[str, float],
+    shared: SharedCluster | None,
 ) -> RunRecord:
     """The tiles, then the outputs, on a cluster; what the run counted."""
     rasters = WorkingRasters.create(staging, plan, options)
@@ -117,13 +150,13 @@ def _run_on_cluster(
         # model it loads the polygon stage's kernels and reads the preview's scene; while
         # they polygonize, it composes the preview and then renders it.
         ThreadPoolExecutor(1, thread_name_prefix="geoseg-client") as pool,
-        dask_client(options.workers, options.scheduler) as client,
+        _cluster(options, shared) as (client, plugin),
     ):
         times["cluster_start_s"] = time.perf_counter() - t0
         workers = len(worker_threads(client))
         early = EarlyWork.start(pool, plan)
         try:
-            counts = classify_blocks(client, plan, rasters, cache, options, times)
+            counts = classify_blocks(client, plan, rasters, cache, options, times, plugin)
         finally:
             rasters.close()
         check_masked(plan, counts)
@@ -131,7 +164,17 @@ def _run_on_cluster(
             client, pool, plan, rasters, early, counts, staging, options, times
         )
     resumed = int(times.pop("resumed_blocks", 0))
-    return RunRecord(counts, tally, times, created, options.scheduler, workers, resumed)
+    return RunRecord(counts, tally, times, created, options.scheduler, workers, resumed, cache.key)
+
+
+@contextmanager
+def _cluster(options: RunOptions, shared: SharedCluster | None) -> Iterator[tuple[Any, str | None]]:
+    """The shared cluster and its model's plugin, or a cluster of the run's own and None."""
+    if shared is not None:
+        yield shared.client, shared.plugin
+        return
+    with dask_client(options.workers, options.scheduler) as client:
+        yield client, None
 
 
 __all__ = [
@@ -145,6 +188,8 @@ __all__ = [
     "plugin_name",
     "release_memory",
     "resume_key",
+    "output_folder",
     "run",
+    "run_plan",
     "vectorize_on_cluster",
 ]

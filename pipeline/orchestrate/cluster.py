@@ -17,7 +17,7 @@ from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from pipeline.errors import ConfigError
-from pipeline.planning import DEFAULT_OUT
+from pipeline.planning import DEFAULT_OUT, default_cache
 from pipeline.reading import gdal_cache_setting
 from pipeline.workflow import ClassDef, ModelConfig, Workflow
 
@@ -101,27 +101,29 @@ class ModelPlugin(WorkerPlugin):
     Only the model's configuration travels to the workers; the weights are built (or, for
     network models, loaded) on each worker at registration, never shipped inside a task. With
     ``engine: openvino`` the worker loads the converted network from ``converted`` (a folder
-    the workers can read) and never imports torch. ``mask_networks`` are the cloud networks
-    its tiles need, compiled here too (OpenVINO keeps their compiled form in ``cache``), and
-    ``calibration`` what the model fitted to the run's scenes.
+    the workers can read) and never imports torch. The cloud networks a tile needs are
+    compiled at their first use, for the worker's one thread, OpenVINO keeping their compiled
+    form in ``cache``. A model fitted to a scene (its ``calibration``, which tasks carry) is
+    built from the configuration on the worker the first time a task asks for it: index
+    models, the only ones fitted, cost nothing to build.
     """
+
+    #: Calibrated models a worker keeps: a batch's scenes one after another.
+    KEPT = 8
 
     def __init__(
         self,
         config: ModelConfig,
         classes: tuple[ClassDef, ...],
         converted: str | None = None,
-        mask_networks: tuple[str, ...] = (),
         cache: str | None = None,
-        calibration: Mapping[str, float | list[float]] | None = None,
     ) -> None:
         self.config = config
         self.classes = classes
         self.converted = converted
-        self.mask_networks = mask_networks
         self.cache = cache
-        self.calibration = dict(calibration or {})
         self.model: SegmentationModel | OpenVINOModel | None = None
+        self._fitted: dict[str, SegmentationModel | OpenVINOModel] = {}
 
     def setup(self, worker: Any) -> None:
         """Build the model in the worker process, with one thread; on a GPU if torch has one.
@@ -133,14 +135,25 @@ class ModelPlugin(WorkerPlugin):
         from pipeline import inference, vectorize
         from pipeline.masking import network
 
-        self.model = self._build()
-        cache = Path(self.cache) / "openvino" / "masks" if self.cache else None
-        for name in self.mask_networks:  # compiled once, for the one thread a worker has
-            network.load(name, threads=1, cache_dir=cache)
+        self.model = self._build({})
+        masks = Path(self.cache) / "openvino" / "masks" if self.cache else None
+        network.configure(threads=1, cache_dir=masks)
         inference.warm_up()
         vectorize.warm_up()
 
-    def _build(self) -> SegmentationModel | OpenVINOModel:
+    def model_for(self, calibration: Mapping[str, Any] | None) -> SegmentationModel | OpenVINOModel:
+        """The model, fitted to ``calibration`` when a scene's model is (see :meth:`setup`)."""
+        assert self.model is not None, "model plugin was not set up"
+        if not calibration:
+            return self.model
+        key = json.dumps(dict(calibration), sort_keys=True)
+        if key not in self._fitted:
+            while len(self._fitted) >= self.KEPT:
+                self._fitted.pop(next(iter(self._fitted)))
+            self._fitted[key] = self._build(calibration)
+        return self._fitted[key]
+
+    def _build(self, calibration: Mapping[str, Any]) -> SegmentationModel | OpenVINOModel:
         if self.converted is not None:
             from pipeline.models.engines import OpenVINOModel
 
@@ -151,22 +164,56 @@ class ModelPlugin(WorkerPlugin):
         from pipeline.models import build_model
 
         torch.set_num_threads(1)
-        model = build_model(self.config, self.classes, self.calibration)
+        model = build_model(self.config, self.classes, calibration)
         if torch.cuda.is_available():
             model = model.to("cuda")
         return model
 
     def teardown(self, worker: Any) -> None:
-        """Release the model."""
+        """Release the models."""
         self.model = None
+        self._fitted.clear()
 
 
-def plugin_name(workflow: Workflow, calibration: Mapping[str, Any] | None = None) -> str:
-    """A name unique to a model: runs with another model, checkpoint or calibration differ."""
+@dataclass(frozen=True)
+class SharedCluster:
+    """A cluster whose workers hold a workflow's model, kept for many runs (a batch's)."""
+
+    client: Any
+    #: The model's plugin name on the workers (see :func:`register_model`).
+    plugin: str
+    #: What planning learned of the model, so each run's plan need not build it again.
+    model: Any
+
+
+def register_model(client: Any, workflow: Workflow, converted: Path | None, out: Path) -> str:
+    """Build ``workflow``'s model on every worker of ``client`` (see :class:`ModelPlugin`).
+
+    Returns the plugin's name, which tasks use to find the model and
+    :func:`unregister_model` to let it go.
+    """
+    name = plugin_name(workflow)
+    plugin = ModelPlugin(
+        workflow.model,
+        workflow.classes,
+        str(converted) if converted else None,
+        str(default_cache(out).resolve()),
+    )
+    client.register_plugin(plugin, name=name)
+    return name
+
+
+def unregister_model(client: Any, name: str) -> None:
+    """Drop the model from every worker, and the heap its forward passes left."""
+    client.unregister_worker_plugin(name)
+    client.run(release_memory)
+
+
+def plugin_name(workflow: Workflow) -> str:
+    """A name unique to a model: runs with another model or checkpoint never share one."""
     import hashlib
 
     h = hashlib.sha256(workflow.model.model_dump_json().encode())
-    h.update(json.dumps(dict(calibration or {}), sort_keys=True).encode())
     h.update(repr([c.model_dump() for c in workflow.classes]).encode())
     checkpoint = getattr(workflow.model, "checkpoint", None)
     if checkpoint and Path(checkpoint).is_file():

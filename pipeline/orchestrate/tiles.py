@@ -30,10 +30,11 @@ from pipeline.orchestrate.cluster import (
     ModelPlugin,
     RunOptions,
     plugin_name,
-    release_memory,
+    register_model,
+    unregister_model,
     worker_threads,
 )
-from pipeline.planning import RunPlan, default_cache
+from pipeline.planning import RunPlan
 from pipeline.publish import BlockCache, BlockRaster, Staging
 from pipeline.stitch import NODATA, SeamTracker
 
@@ -99,9 +100,9 @@ class WorkingRasters:
 def resume_key(plan: RunPlan) -> str:
     """Name of the block cache of a run: changes with the scene, grid, model, mask or settings."""
     workflow = plan.workflow
-    h = hashlib.sha256(plugin_name(workflow, plan.calibration).encode())
+    h = hashlib.sha256(plugin_name(workflow).encode())
     settings = (plan.scene, plan.before, plan.grid, workflow.tile_size, workflow.halo)
-    h.update(repr((*settings, plan.masks, __version__)).encode())
+    h.update(repr((*settings, plan.masks, sorted(plan.calibration.items()), __version__)).encode())
     for s in (plan.scene, plan.before):
         for band in s.bands if s else ():
             if Path(band.path).is_file():
@@ -117,6 +118,7 @@ def classify_blocks(
     cache: BlockCache,
     options: RunOptions,
     times: dict[str, float],
+    plugin: str | None = None,
 ) -> np.ndarray:
     """Classify every block of the plan, writing each as it arrives; return class counts.
 
@@ -124,6 +126,9 @@ def classify_blocks(
     every block finished now is added to it before it is written. With ``seams.tif`` asked
     for, each block's seams are written as its neighbours arrive (see
     :class:`~pipeline.stitch.SeamTracker`); a block from the cache brings no tile to compare.
+    ``plugin`` names a model already on the workers (a batch's); without one the model is
+    built for these tiles and dropped after them, so that the workers' polygon tasks do not
+    hold it too.
     """
     counts = np.zeros(256, dtype=np.int64)
     seams = None
@@ -140,7 +145,7 @@ def classify_blocks(
     todo = [block for block in plan.tiles if not _resumed(block, cache, put)]
     times["resumed_blocks"] = len(plan.tiles) - len(todo)
     t0 = time.perf_counter()
-    name = _register_model(client, plan, options)
+    name = plugin or register_model(client, plan.workflow, plan.converted, options.out)
     times["model_setup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     try:
@@ -148,10 +153,8 @@ def classify_blocks(
             cache.put(block, classes, confidence)
             put(block, classes, confidence, window)
     finally:
-        # The workers vectorize next: let them drop the network and the heap its forward
-        # passes left, so the two stages' peaks do not add up in one process.
-        client.unregister_worker_plugin(name)
-        client.run(release_memory)
+        if plugin is None:
+            unregister_model(client, name)
     times["tiles_s"] = time.perf_counter() - t0
     return counts
 
@@ -162,22 +165,6 @@ def _resumed(block: Block, cache: BlockCache, put: Any) -> bool:
     if cached is not None:
         put(block, cached[0], cached[1], None)
     return cached is not None
-
-
-def _register_model(client: Any, plan: RunPlan, options: RunOptions) -> str:
-    """Build the plan's model (and its cloud networks) on every worker; the plugin's name."""
-    name = plugin_name(plan.workflow, plan.calibration)
-    networks = tuple(sorted({p.network for p, _ in plan.masks if p.network is not None}))
-    plugin = ModelPlugin(
-        plan.workflow.model,
-        plan.workflow.classes,
-        str(plan.converted) if plan.converted else None,
-        networks,
-        str(default_cache(options.out).resolve()),
-        plan.calibration,
-    )
-    client.register_plugin(plugin, name=name)
-    return name
 
 
 def _classified(
@@ -245,6 +232,7 @@ def _submit_blocks(
         seams,
         getattr(workflow.model, "batch_size", 1),
         plan.masks,
+        plan.calibration,
         key=f"geoseg-blocks-{plugin}-{plan.scene.id}-{group[0].key}-n{len(group)}"
         f"-h{workflow.halo}-{uuid.uuid4().hex[:6]}",
         pure=False,
@@ -262,12 +250,15 @@ def _blocks_task(
     seams: bool = False,
     batch_size: int | None = None,
     masks: Masks = (),
+    calibration: dict[str, Any] | None = None,
 ) -> list[BlockResult]:
-    """A worker's task: read, mask and classify ``group`` with the worker's model."""
+    """A worker's task: read, mask and classify ``group`` with the worker's model.
+
+    ``calibration`` is what the model fitted to this scene (see :class:`ModelPlugin`).
+    """
     from pipeline.inference import process_tiles
 
-    model = cast(ModelPlugin, get_worker().plugins[plugin]).model
-    assert model is not None, "model plugin was not set up"
+    model = cast(ModelPlugin, get_worker().plugins[plugin]).model_for(calibration)
     results = process_tiles(model, scene, before, grid, group, halo, batch_size, masks)
     # A tile's classes over its whole window travel only when seams.tif needs them.
     return [(b, c, f, w if seams else None) for b, (c, f, w) in zip(group, results, strict=True)]

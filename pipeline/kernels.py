@@ -161,7 +161,7 @@ def count_values(values: np.ndarray) -> np.ndarray:
     return tally.sum(axis=0)
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def _find(parent: np.ndarray, i: int) -> int:
     root = i
     while parent[root] != root:
@@ -173,7 +173,7 @@ def _find(parent: np.ndarray, i: int) -> int:
     return root
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def _union_min(parent: np.ndarray, a: int, b: int) -> None:
     ra = _find(parent, a)
     rb = _find(parent, b)
@@ -457,7 +457,7 @@ def sieve_regions(
     return out, True
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def _label_at(labels: np.ndarray, r: int, c: int) -> int:
     h, w = labels.shape
     if r < 0 or c < 0 or r >= h or c >= w:
@@ -600,7 +600,7 @@ def trace_polygons(
     return coords, ring_offsets, poly_offsets
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def _on_cut(x0: int, y0: int, x1: int, y1: int, cut_x: np.ndarray, cut_y: np.ndarray) -> bool:
     return (x0 == x1 and cut_x[x0]) or (y0 == y1 and cut_y[y0])
 
@@ -637,7 +637,7 @@ def _count_segments(
     return total, on_cut
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def _sign(v: int) -> int:
     return (v > 0) - (v < 0)
 
@@ -1025,3 +1025,29 @@ def polygon_wkb(
                     out[k + j] = xy_bytes[j]
                 k += 16
     return out, offsets
+
+
+def compile_all() -> None:
+    """Compile every kernel a run's workers and client use, into numba's on-disk cache.
+
+    ``scripts/setup-env`` runs it (``python -m pipeline.kernels``) after installing, so that
+    the first run after an install loads the kernels as every later run does, instead of each
+    worker compiling them at its set-up.
+    """
+    from pipeline import inference, vectorize
+
+    inference.warm_up()
+    vectorize.warm_up()
+    # The reflectance kernel of every band type scenes come in (uint16 is warm_up's).
+    one = np.ones((1, 1), dtype=bool)
+    out = np.empty((1, 1, 1), np.float32)
+    for dtype in (np.uint8, np.int16, np.float32, np.float64):
+        to_reflectance(np.ones((1, 1), dtype), 0.0, True, 1.0, 0.0, out, 0, 0, 0, one)
+
+
+if __name__ == "__main__":
+    import time
+
+    started = time.perf_counter()
+    compile_all()
+    print(f"geoseg's compiled kernels ready in {time.perf_counter() - started:.1f} s")

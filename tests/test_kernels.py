@@ -505,3 +505,23 @@ def test_join_pieces_reports_pieces_that_do_not_touch() -> None:
     labels[0, 0] = labels[3, 3] = 1  # one "region" in two pieces far apart: not joinable
     joined, ok = _joined_by_blocks(labels, 2)
     assert not ok[0] and joined[0] == []
+
+
+def test_every_kernel_loads_from_the_cache_in_a_new_process():
+    """Once compiled (scripts/setup-env does it), no process compiles a kernel again.
+
+    A kernel that calls an ``inline="always"`` function was compiled again in every process
+    (numba found no entry for it in its own cache index): 15 s of each worker's set-up.
+    """
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"NUMBA_DEBUG_CACHE": "1"}
+    command = [sys.executable, "-m", "pipeline.kernels"]
+    subprocess.run(command, env=env, capture_output=True, check=True, timeout=600)
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    saved = [line for line in again.stdout.splitlines() if "data saved" in line]
+    assert saved == []
+    assert any("data loaded" in line for line in again.stdout.splitlines())

@@ -14,13 +14,18 @@ file without a catalog), or a file path given with ``bands=``. Errors are the sa
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyproj import CRS
+from pyproj.exceptions import CRSError
+
 from pipeline.catalog import Catalog, Scene, SceneEntry, default_catalog, load_catalog
 from pipeline.errors import ConfigError
+from pipeline.grid import BBox
 from pipeline.orchestrate import RunOptions, RunResult
 from pipeline.workflow import Workflow
 from pipeline.workflow import load_workflow as _load_workflow
@@ -33,6 +38,9 @@ if TYPE_CHECKING:
 FILE_OPTIONS = ("bands", "scale", "offset", "nodata", "acquired", "sensor", "series")
 #: Keyword options of :func:`run` that say how to run.
 RUN_OPTIONS = ("workers", "scheduler", "progress", "instances", "seams", "tile_size", "halo")
+#: Keyword options of :func:`run` and :func:`run_batch` that run on part of each scene: ``bbox``
+#: (west, south, east, north) in the scene's CRS, or in ``bbox_crs``.
+WINDOW_OPTIONS = ("bbox", "bbox_crs")
 
 
 def open_catalog(path: str | Path | None = None) -> Catalog:
@@ -86,15 +94,17 @@ def run(
     ``bands=`` (and the other keywords of :func:`scene_from_file`) describe them (both
     alike, for a pre/post pair of one product). The other
     options are the command line's: ``tile_size``, ``halo``, ``workers``, ``scheduler``,
-    ``instances``, ``seams`` and ``progress`` (default False). Returns the
+    ``instances``, ``seams``, ``progress`` (default False), and ``bbox`` (west, south, east,
+    north: run on that part of the scene only) in the scene's CRS or in ``bbox_crs``
+    (``"EPSG:4326"``). Returns the
     :class:`~pipeline.orchestrate.RunResult`: ``folder``, ``files``, ``summary`` (``run.json``),
     ``polygons()`` as a GeoDataFrame, ``item()`` (the STAC Item) and ``path(name)``.
     """
     from pipeline.orchestrate import run as run_workflow
 
-    unknown = sorted(set(options) - set(FILE_OPTIONS) - set(RUN_OPTIONS))
+    unknown = sorted(set(options) - set(FILE_OPTIONS) - set(RUN_OPTIONS) - set(WINDOW_OPTIONS))
     if unknown:
-        known = ", ".join((*RUN_OPTIONS, *FILE_OPTIONS))
+        known = ", ".join((*RUN_OPTIONS, *WINDOW_OPTIONS, *FILE_OPTIONS))
         raise ConfigError(f"run() has no option {unknown[0]!r}; it takes: {known}")
     flow = _workflow(workflow, options)
     files = {k: options[k] for k in FILE_OPTIONS if k in options}
@@ -144,9 +154,10 @@ def run_batch(
     from pipeline.orchestrate.batch import run_batch as run_scenes
     from pipeline.selection import select_scenes
 
-    unknown = sorted(set(options) - set(RUN_OPTIONS) - {"progress"})
+    unknown = sorted(set(options) - set(RUN_OPTIONS) - set(WINDOW_OPTIONS))
     if unknown:
-        raise ConfigError(f"run_batch() has no option {unknown[0]!r}; it takes: {RUN_OPTIONS}")
+        known = (*RUN_OPTIONS, *WINDOW_OPTIONS)
+        raise ConfigError(f"run_batch() has no option {unknown[0]!r}; it takes: {known}")
     started, started_at = time.perf_counter(), dt.datetime.now(dt.UTC)
     flow = _workflow(workflow, options)
     cat = catalog if isinstance(catalog, Catalog) else open_catalog(catalog)
@@ -214,7 +225,33 @@ def _run_options(out: str | Path | None, options: dict[str, Any]) -> RunOptions:
         progress=bool(options.get("progress", False)),
         instances=bool(options.get("instances", False)),
         seams=bool(options.get("seams", False)),
+        bbox=_bbox(options.get("bbox"), options.get("bbox_crs")),
     )
+
+
+def _bbox(values: Sequence[float] | None, crs: str | None) -> BBox | None:
+    """``bbox`` and ``bbox_crs`` checked: four finite numbers, west < east, south < north."""
+    if values is None:
+        if crs is not None:
+            raise ConfigError("--bbox-crs names the CRS of --bbox: give --bbox too")
+        return None
+    try:
+        west, south, east, north = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--bbox {values!r}: give four numbers, west,south,east,north") from None
+    if not all(math.isfinite(v) for v in (west, south, east, north)):
+        raise ConfigError(f"--bbox {values!r}: the four numbers must be finite")
+    if not (west < east and south < north):
+        raise ConfigError(
+            f"--bbox {west:g},{south:g},{east:g},{north:g}: give west,south,east,north, "
+            "with west < east and south < north"
+        )
+    if crs is not None:
+        try:
+            CRS.from_user_input(crs)
+        except CRSError as exc:
+            raise ConfigError(f"--bbox-crs {crs!r} is not a CRS: {exc}") from None
+    return BBox(west, south, east, north, crs)
 
 
 def _listed(value: float | Sequence[float]) -> float | list[float]:

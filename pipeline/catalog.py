@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import ConfigError, SceneError
+from pipeline.errors import ConfigError, SceneError, yaml_error
 
 if TYPE_CHECKING:
     from pipeline.sources import SourceItem
@@ -550,8 +550,7 @@ def load_catalog(path: str | Path) -> Catalog:
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoDatesLoader)  # noqa: S506
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        reason = " ".join(str(exc).split())
-        raise ConfigError(f"{path}: not valid YAML: {reason}") from None
+        raise yaml_error(path, exc) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with a `scenes:` key (and maybe `stac:`)")
     try:

@@ -7,18 +7,28 @@ Each subcommand parses its options and calls library functions. Errors a user ca
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import re
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from pipeline import __version__
-from pipeline.errors import ConfigError, GeosegError, SeriesBusyError
+from pipeline.errors import ClusterLostError, ConfigError, GeosegError, SeriesBusyError
 
 #: Exit status when another monitor holds the series: sysexits' EX_TEMPFAIL, "try again later".
 BUSY = 75
+#: Exit statuses after Ctrl-C (SIGINT) and SIGTERM: 128 + the signal's number, as shells report.
+INTERRUPTED, TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
+#: Exit status when a run's Dask scheduler went away mid-run: sysexits' EX_UNAVAILABLE.
+CLUSTER_LOST = 69
 
 
 def _positive(text: str) -> int:
@@ -39,6 +49,17 @@ def _non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def _bbox_numbers(text: str) -> tuple[float, ...]:
+    """``WEST,SOUTH,EAST,NORTH`` as four numbers (their order is checked with the rest)."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"expected WEST,SOUTH,EAST,NORTH, got {text!r}")
+    return values
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,7 +116,8 @@ def _add_run(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
         epilog=(
             "exit status: 0 every scene done; 2 bad input, nothing run; in a batch, 3 some "
             "scenes unusable (too cloudy, or no change to show) and none failed, 4 some "
-            "scenes failed"
+            "scenes failed; 69 the --scheduler went away mid-run (run again to resume); "
+            "130 and 143 stopped by Ctrl-C or SIGTERM (no output replaced)"
         ),
     )
     run.add_argument(
@@ -170,6 +192,20 @@ def _add_run(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write seams.tif: 1 where overlapping tiles predict different classes",
     )
+    run.add_argument(
+        "--bbox",
+        type=_bbox_numbers,
+        metavar="WEST,SOUTH,EAST,NORTH",
+        help="run on this rectangle of each scene only, in the scene's CRS (or --bbox-crs), "
+        "its edges moved out to whole pixels and clipped to the scene",
+    )
+    run.add_argument(
+        "--bbox-crs",
+        metavar="CRS",
+        help="CRS of --bbox, e.g. EPSG:4326 (default: the scene's)",
+    )
+    # "-74.7,-8.6,…" is a value of --bbox, not an option: argparse only knows bare numbers.
+    run._negative_number_matcher = re.compile(r"^-\d*\.?\d+(?:[eE][-+]?\d+)?(?:,|$)")
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
 
 
@@ -191,8 +227,9 @@ def _add_monitor(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
         ),
         epilog=(
             "exit status: 0 done (or nothing new); 2 bad input, nothing changed; 4 some "
-            "scenes failed (reported; the next run tries them again); 75 another monitor is "
-            "updating the series (nothing changed; try again later)"
+            "scenes failed (reported; the next run tries them again); 69 the --scheduler went "
+            "away (the next run resumes); 75 another monitor is updating the series (nothing "
+            "changed; try again later); 130 and 143 stopped by Ctrl-C or SIGTERM"
         ),
     )
     mon.add_argument(
@@ -359,16 +396,17 @@ def _add_bench(sub: Any) -> None:
     )
     bench.add_argument(
         "--engine",
-        choices=("torch", "openvino"),
-        default="torch",
-        help="what runs the pipeline's and model-only forward passes (the peer always uses "
-        "torch; default: torch)",
+        choices=("auto", "torch", "openvino"),
+        default="auto",
+        help="what runs the pipeline's and model-only forward passes, chosen as a workflow's "
+        "engine: auto is (the peer always uses torch; default: auto)",
     )
     bench.add_argument(
         "--precision",
-        choices=("f32", "bf16"),
-        default="f32",
-        help="forward-pass arithmetic; bf16 needs --engine openvino (default: f32)",
+        choices=("auto", "f32", "bf16"),
+        default="auto",
+        help="forward-pass arithmetic, as a workflow's precision: auto is; bf16 needs "
+        "--engine openvino (default: auto)",
     )
     bench.add_argument("--no-peer", action="store_true", help="skip TorchGeo's way")
     bench.add_argument(
@@ -413,6 +451,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         progress=not args.quiet and sys.stderr.isatty(),
         instances=args.instances,
         seams=args.seams,
+        bbox=args.bbox,
+        bbox_crs=args.bbox_crs,
     )
     if not args.quiet:
         s = result.summary
@@ -448,6 +488,8 @@ def _cmd_batch(args: argparse.Namespace, workflow: Any) -> int:
         scheduler=args.scheduler,
         instances=args.instances,
         seams=args.seams,
+        bbox=args.bbox,
+        bbox_crs=args.bbox_crs,
         on_outcome=heard,
         on_left_out=None if args.quiet else lambda line: print(f"left out {line}"),
     )
@@ -650,8 +692,63 @@ def _cmd_catalog_list(args: argparse.Namespace) -> int:
 
 
 def _quiet_dask(record: logging.LogRecord) -> bool:
-    """Drop Dask's routine cluster start-up and shutdown messages; keep its errors."""
-    return record.levelno >= logging.ERROR or not record.name.startswith("distributed")
+    """Drop Dask's routine cluster start-up and shutdown messages; keep its errors.
+
+    But for its client's failed reconnections to a scheduler that went away: the run says
+    so itself, in one line (:func:`pipeline.orchestrate.cluster.scheduler_lost`).
+    """
+    if not record.name.startswith("distributed"):
+        return True
+    if STOPPING.is_set():  # stopped on purpose: what breaks as the cluster goes is expected
+        return False
+    if record.levelno < logging.ERROR or record.getMessage().startswith("Failed to reconnect"):
+        return False
+    lost = record.exc_info[1] if record.exc_info else None
+    return not isinstance(lost, (OSError, asyncio.CancelledError))
+
+
+#: Set once a signal asked the run to stop: Dask's complaints about its cluster going away
+#: are expected from then on, and kept off stderr (:func:`_quiet_dask`).
+STOPPING = threading.Event()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt.
+
+    A KeyboardInterrupt subclass, so that everything that cleans up after Ctrl-C (the
+    staging's scratch files, the cluster) cleans up after a stop from systemd, Slurm or
+    Kubernetes too, where Python's default would end the process on the spot.
+    """
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Signals to stop raise inside the block: SIGTERM :class:`Terminated`, SIGINT as ever.
+
+    Both note the stop (:data:`STOPPING`); the handlers before are put back.
+
+    Only in the main thread, the one Python delivers signals to (``main`` called from
+    another thread, as a test may, keeps the handler it has).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        STOPPING.set()
+        raise Terminated
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        STOPPING.set()
+        raise KeyboardInterrupt
+
+    STOPPING.clear()
+    before = signal.signal(signal.SIGTERM, stop), signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGINT, before[1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -666,28 +763,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_quiet_dask)
     try:
-        if args.command == "run":
-            return _cmd_run(args)
-        if args.command == "monitor":
-            return _cmd_monitor(args)
-        if args.command == "train":
-            return _cmd_train(args)
-        if args.command == "evaluate":
-            return _cmd_evaluate(args)
-        if args.command == "bench":
-            return _cmd_bench(args)
-        if args.command == "catalog" and args.catalog_command == "list":
-            return _cmd_catalog_list(args)
-        parser.error(f"unknown command {args.command!r}")  # pragma: no cover
+        with _sigterm_as_interrupt():
+            if args.command == "run":
+                return _cmd_run(args)
+            if args.command == "monitor":
+                return _cmd_monitor(args)
+            if args.command == "train":
+                return _cmd_train(args)
+            if args.command == "evaluate":
+                return _cmd_evaluate(args)
+            if args.command == "bench":
+                return _cmd_bench(args)
+            if args.command == "catalog" and args.catalog_command == "list":
+                return _cmd_catalog_list(args)
+            parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     except SeriesBusyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return BUSY
+    except ClusterLostError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return CLUSTER_LOST
     except GeosegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("error: terminated (SIGTERM); no output was replaced", file=sys.stderr)
+        return TERMINATED
     except KeyboardInterrupt:
         print("error: interrupted; no output was replaced", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     return 0
 
 

@@ -35,8 +35,45 @@ class UnusableSceneError(SceneError):
         self.masked = dict(masked or {})
 
 
+class OutputError(GeosegError, OSError):
+    """An output folder cannot be made or written to.
+
+    A path through a file, no permission, a full disk, a quota or a file size limit; nothing
+    half-written is left in the folder, and earlier outputs stay as they were.
+    """
+
+
+class ClusterLostError(GeosegError):
+    """The Dask scheduler of a run went away mid-run: not the user's input, but theirs to fix.
+
+    No output was replaced, and the blocks finished are kept in the resume cache for the next
+    run. The command line exits with its own status (69, "service unavailable") for it.
+    """
+
+
 class SeriesBusyError(GeosegError):
     """Another ``geoseg monitor`` is updating the same series: try again once it is done.
 
     The command line exits with its own status (75, "try again later") for it.
     """
+
+
+def yaml_error(path: object, exc: Exception) -> ConfigError:
+    """The one-line :class:`ConfigError` for a file that is not valid YAML (or not text).
+
+    It names the line and column where the parser stopped (counted from 1, as editors count)
+    and what it expected, in place of PyYAML's multi-line report with its source excerpt.
+    """
+    mark = getattr(exc, "problem_mark", None)
+    if isinstance(exc, UnicodeDecodeError):
+        return ConfigError(
+            f"{path}: not valid YAML: not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+            f"offset {exc.start})"
+        )
+    if mark is None:
+        return ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}")
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}"
+    problem = getattr(exc, "problem", None) or "cannot parse"
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    opened = f" ({context}, opened on line {start.line + 1})" if context and start else ""
+    return ConfigError(f"{where}: not valid YAML: {problem}{opened}")

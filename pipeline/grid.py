@@ -111,6 +111,59 @@ def blocks(grid: Grid, size: int) -> list[Block]:
     return out
 
 
+@dataclass(frozen=True)
+class BBox:
+    """A rectangle of a scene to run on: west, south, east, north in ``crs``.
+
+    ``crs`` is anything pyproj reads (``EPSG:4326``, WKT); None means the scene's own CRS.
+    """
+
+    west: float
+    south: float
+    east: float
+    north: float
+    crs: str | None = None
+
+    def __str__(self) -> str:
+        text = ",".join(f"{v:.10g}" for v in (self.west, self.south, self.east, self.north))
+        return f"{text} ({self.crs})" if self.crs else text
+
+
+def bbox_block(grid: Grid, bbox: BBox) -> Block | None:
+    """The block of ``grid`` that ``bbox`` covers, or None when it misses the grid.
+
+    ``bbox`` is taken into the grid's CRS (its edges densified, so the result holds the whole
+    rectangle), its edges moved outwards to whole pixels, and clipped to the grid.
+    """
+    west, south, east, north = bbox.west, bbox.south, bbox.east, bbox.north
+    if bbox.crs is not None:
+        source = pyproj.CRS.from_user_input(bbox.crs)
+        target = pyproj.CRS.from_wkt(grid.crs_wkt)
+        if source != target:
+            to_grid = pyproj.Transformer.from_crs(source, target, always_xy=True)
+            west, south, east, north = to_grid.transform_bounds(
+                west, south, east, north, densify_pts=21
+            )
+    if not all(math.isfinite(v) for v in (west, south, east, north)):
+        return None  # outside the area the grid's CRS can express
+    inverse = ~grid.affine
+    cols, rows = zip(*(inverse @ xy for xy in ((west, north), (east, south))), strict=True)
+    # A bbox edge on a pixel edge (to rounding) takes no pixel beyond it.
+    c0 = max(math.floor(min(cols) + 1e-6), 0)
+    c1 = min(math.ceil(max(cols) - 1e-6), grid.width)
+    r0 = max(math.floor(min(rows) + 1e-6), 0)
+    r1 = min(math.ceil(max(rows) - 1e-6), grid.height)
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return Block(r0, c0, r1 - r0, c1 - c0)
+
+
+def sub_grid(grid: Grid, block: Block) -> Grid:
+    """The part of ``grid`` under ``block``, as a grid of its own."""
+    t = grid.window_transform(block.window)
+    return Grid(grid.crs_wkt, (t.a, t.b, t.c, t.d, t.e, t.f), block.width, block.height)
+
+
 def tile_window(grid: Grid, block: Block, halo: int) -> tuple[Window, Padding]:
     """Return the window to read for ``block`` with ``halo``, and the padding that completes it.
 

@@ -19,14 +19,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+from rasterio.crs import CRS
+from rasterio.windows import Window
 
 from pipeline.catalog import Scene
 from pipeline.errors import ConfigError, ModelError, UnusableSceneError
-from pipeline.grid import Block, Grid, blocks, pixel_size_m
+from pipeline.grid import BBox, Block, Grid, bbox_block, blocks, pixel_size_m, sub_grid
 from pipeline.masking import plan_mask
 from pipeline.models.card import ModelCard, check_resolution, check_values
-from pipeline.models.engines import NetworkInfo
-from pipeline.reading import check_compatible, sample_pixels, scene_grid
+from pipeline.models.engines import EngineChoice, NetworkInfo
+from pipeline.reading import check_compatible, sample_pixels, sample_windows, scene_grid
+from pipeline.stitch import NODATA
 from pipeline.summary import masked_fractions
 from pipeline.workflow import (
     ModelConfig,
@@ -70,6 +73,12 @@ class RunPlan:
     run_id: str
     #: The catalog file the scenes came from (None for scenes given as files).
     catalog: str | None = None
+    #: What runs the model's forward pass, and why (``engine`` in ``run.json``).
+    engine: EngineChoice | None = None
+    #: The rectangle the run was asked for (``--bbox``), and where ``grid`` lies in the
+    #: scene's grid; None for the whole scene.
+    bbox: BBox | None = None
+    window: Block | None = None
 
     @property
     def calibration(self) -> dict[str, Any]:
@@ -94,9 +103,14 @@ def plan_run(
     cache: Path | None = None,
     catalog: str | None = None,
     built: ModelInfo | None = None,
+    bbox: BBox | None = None,
 ) -> RunPlan:
-    """Plan ``workflow`` on ``scene`` (after ``before``): see :func:`plan` and the module."""
-    model, scene, before, grid = plan(workflow, scene, before, cache, built)
+    """Plan ``workflow`` on ``scene`` (after ``before``): see :func:`plan` and the module.
+
+    With ``bbox``, on the part of the scene it covers only (see :func:`plan`).
+    """
+    workflow, engine = resolve_engine(workflow, cache)
+    model, scene, before, grid, window = plan_window(workflow, scene, before, cache, built, bbox)
     masks = scene_masks(workflow, scene, before, grid)
     context = getattr(model, "context_px", 0)
     if context > workflow.halo:  # a model that looks further than the workflow's halo
@@ -111,7 +125,34 @@ def plan_run(
         tiles=tuple(blocks(grid, workflow.tile_size)),
         run_id=dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8],
         catalog=catalog,
+        engine=engine,
+        bbox=bbox,
+        window=window,
     )
+
+
+#: Each process's engine choices, by model and cache: a batch chooses once for all its scenes.
+_CHOSEN: dict[str, tuple[Workflow, EngineChoice]] = {}
+
+
+def resolve_engine(workflow: Workflow, cache: Path | None) -> tuple[Workflow, EngineChoice]:
+    """``workflow`` with its model's ``engine`` and ``precision`` made concrete, and why.
+
+    ``auto`` becomes what :func:`~pipeline.models.engines.choose_engine` finds fastest here
+    without changing the answers; an index model runs numpy kernels, whatever it says.
+    """
+    config = workflow.model
+    if not isinstance(config, TorchGeoModelConfig):
+        return workflow, EngineChoice("index", "f32", "cpu", "an index model: numpy kernels")
+    cache = cache or default_cache()
+    key = json.dumps([model_content(config), str(cache)], sort_keys=True)
+    if key not in _CHOSEN:
+        from pipeline.models.engines import choose_engine
+
+        choice = choose_engine(config, workflow.classes, cache)
+        model = config.model_copy(update={"engine": choice.engine, "precision": choice.precision})
+        _CHOSEN[key] = (workflow.model_copy(update={"model": model}), choice)
+    return _CHOSEN[key]
 
 
 def plan(
@@ -120,19 +161,42 @@ def plan(
     before: Scene | None = None,
     cache: Path | None = None,
     built: ModelInfo | None = None,
+    bbox: BBox | None = None,
 ) -> tuple[ModelInfo, Scene, Scene | None, Grid]:
     """Check that the workflow's model fits the scenes; return the model, scenes and grid.
+
+    As :func:`plan_window`, without the window.
+    """
+    return plan_window(workflow, scene, before, cache, built, bbox)[:4]
+
+
+def plan_window(
+    workflow: Workflow,
+    scene: Scene,
+    before: Scene | None = None,
+    cache: Path | None = None,
+    built: ModelInfo | None = None,
+    bbox: BBox | None = None,
+) -> tuple[ModelInfo, Scene, Scene | None, Grid, Block | None]:
+    """Check that the workflow's model fits the scenes; the model, scenes, grid and window.
 
     A workflow with ``engine: openvino`` gets its network converted into ``cache`` (once per
     model; in a child process, so that this one never imports torch) and a
     :class:`~pipeline.models.engines.NetworkInfo` in place of the model. An index model is
     checked against a sample of the scenes and calibrated on it (:func:`fit_to_scenes`).
     ``built`` is the model :func:`build_planned_model` made for an earlier plan of the same
-    workflow (a batch's), used instead of building it again.
+    workflow (a batch's), used instead of building it again. With ``bbox`` the grid is the
+    part of the scene's grid it covers (its place there is the last value returned, else
+    None), and all that follows, the sample the model is checked and calibrated on
+    included, sees that part only.
     """
     model = built if built is not None else build_planned_model(workflow, cache)
     check_dates(workflow, model, scene, before)
     grid = scene_grid(scene, model.bands)
+    window = None
+    if bbox is not None:
+        window = bbox_window(grid, bbox, scene)
+        grid = sub_grid(grid, window)
     if before is not None:
         check_compatible(before, model.bands, grid)
     card = getattr(model, "card", None)
@@ -140,7 +204,21 @@ def plan(
         check_scene_against_card(card, scene, before, grid)
     if not isinstance(model, NetworkInfo) and model.value_range:
         model = fit_to_scenes(workflow, model, scene, before, grid)
-    return model, scene, before, grid
+    return model, scene, before, grid, window
+
+
+def bbox_window(grid: Grid, bbox: BBox, scene: Scene) -> Block:
+    """The block of ``scene``'s ``grid`` that ``bbox`` covers; :class:`ConfigError` if none."""
+    block = bbox_block(grid, bbox)
+    if block is None:
+        left, bottom, right, top = grid.bounds
+        crs = CRS.from_wkt(grid.crs_wkt)
+        raise ConfigError(
+            f"--bbox {bbox} does not overlap scene {scene.id!r}, which covers "
+            f"{left:.10g},{bottom:.10g},{right:.10g},{top:.10g} in {crs.to_string()}; give "
+            "west,south,east,north inside it, in the scene's CRS or that of --bbox-crs"
+        )
+    return block
 
 
 def build_planned_model(workflow: Workflow, cache: Path | None) -> ModelInfo:
@@ -198,6 +276,8 @@ def fit_to_scenes(
 
     scenes = [before, scene] if before is not None else [scene]
     samples = sample_pixels(scenes, model.bands, grid)
+    if samples[0].shape[1] == 0 and sample_windows(grid) == [Window(0, 0, grid.width, grid.height)]:
+        raise UnusableSceneError(no_data_message(scene, before))  # the sample was every pixel
     for s, sample in zip(scenes, samples, strict=True):
         check_value_range(model, s, sample)
     if before is not None and all(np.array_equal(a, b) for a, b in zip(*samples, strict=True)):
@@ -282,6 +362,8 @@ def scene_masks(workflow: Workflow, scene: Scene, before: Scene | None, grid: Gr
 
 def check_masked(plan: RunPlan, counts: np.ndarray) -> None:
     """Raise :class:`UnusableSceneError` when more is masked than the workflow accepts."""
+    if counts.sum() == counts[NODATA]:
+        raise UnusableSceneError(no_data_message(plan.scene, plan.before))
     share = masked_fractions(counts)
     limit = plan.workflow.mask.max_masked_fraction
     if share["total"] <= limit:
@@ -294,6 +376,15 @@ def check_masked(plan: RunPlan, counts: np.ndarray) -> None:
         f"workflow's mask.max_masked_fraction of {limit:.0%}; no output was written. Pick a "
         "clearer scene, or raise max_masked_fraction to map what is clear",
         masked=share,
+    )
+
+
+def no_data_message(scene: Scene, before: Scene | None) -> str:
+    """Why a scene (or pair) without a single pixel of data gives no output."""
+    which = f"scenes {scene.id!r} and {before.id!r} together" if before else f"scene {scene.id!r}"
+    return (
+        f"{which}: no pixel holds data in every band the workflow reads (all nodata, NaN or "
+        "infinite); no output was written. Check the files, and the catalog's `nodata`"
     )
 
 

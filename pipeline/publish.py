@@ -13,10 +13,13 @@ with the run's provenance (:func:`write_attributes`).
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import math
 import os
 import shutil
+import sys
+import tempfile
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,7 +35,9 @@ import shapely
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.env import get_gdal_config, set_gdal_config
+from rasterio.errors import RasterioIOError
 
+from pipeline.errors import OutputError
 from pipeline.grid import Block, Grid
 from pipeline.workflow import ClassDef
 
@@ -73,7 +78,16 @@ class Staging:
         return [final.name for temp, final in self._pending.items() if temp != final]
 
     def __enter__(self) -> Staging:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Make the folder and check that files can be made in it, before any work is done."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.folder, prefix=".probe-"):
+                pass
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write outputs in {self.folder}: {exc.strerror or exc}; pick another "
+                "--out, or make the folder writable"
+            ) from None
         return self
 
     def commit(self) -> list[Path]:
@@ -160,6 +174,64 @@ COPY_CACHE_BYTES = 16 * 2**20
 COG_BLOCK = 512
 
 
+_stderr_lock = threading.Lock()
+_stderr_users = 0
+_stderr_saved = -1
+_stderr_capture: Any = None
+#: What libtiff printed about failed writes (``_tiffWriteProc: No space left on device.``).
+_libtiff_said: list[str] = []
+
+
+@contextmanager
+def libtiff_complaints() -> Iterator[None]:
+    """Hold what libtiff prints on stderr while GDAL writes a GeoTIFF; keep its complaints.
+
+    libtiff reports a failed write (a full disk) by printing straight to the process's
+    stderr, past GDAL's and rasterio's error handling, so a run stopped by a full disk would
+    show it beside our own line. While any write runs, file descriptor 2 points at a
+    temporary file; afterwards the libtiff lines are kept for :func:`write_failure` and
+    anything else written meanwhile (another thread's message) is passed on unchanged.
+    """
+    global _stderr_users, _stderr_saved, _stderr_capture
+    with _stderr_lock:
+        if _stderr_users == 0:
+            if _stderr_capture is None:
+                _stderr_capture = tempfile.TemporaryFile()
+            sys.stderr.flush()
+            _stderr_saved = os.dup(2)
+            os.dup2(_stderr_capture.fileno(), 2)
+        _stderr_users += 1
+    try:
+        yield
+    finally:
+        with _stderr_lock:
+            _stderr_users -= 1
+            if _stderr_users == 0:
+                sys.stderr.flush()
+                os.dup2(_stderr_saved, 2)
+                os.close(_stderr_saved)
+                _pass_on(_stderr_capture)
+
+
+def _pass_on(capture: Any) -> None:
+    """Keep libtiff's lines from ``capture``, write the rest to stderr, and empty it."""
+    if os.fstat(capture.fileno()).st_size == 0:
+        return
+    capture.seek(0)
+    text = capture.read().decode("utf-8", "replace")
+    capture.seek(0)
+    capture.truncate()
+    rest = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith(("_tiffWriteProc:", "TIFF")):
+            _libtiff_said.append(line.strip())
+        else:
+            rest.append(line)
+    if rest:
+        sys.stderr.write("".join(rest))
+        sys.stderr.flush()
+
+
 class BlockRaster:
     """A single-band GeoTIFF on ``grid`` written block by block, then turned into a COG."""
 
@@ -200,11 +272,13 @@ class BlockRaster:
 
     def write(self, block: Block, values: np.ndarray) -> None:
         """Write one block's values."""
-        self._dst.write(values, 1, window=block.window)
+        with libtiff_complaints():
+            self._dst.write(values, 1, window=block.window)
 
     def close(self) -> None:
         """Flush and close the working GeoTIFF."""
-        self._dst.close()
+        with libtiff_complaints():
+            self._dst.close()
 
     def to_cog(self, dest: Path, overview_resampling: str) -> None:
         """Close, then copy to a Cloud-Optimized GeoTIFF at ``dest``.
@@ -216,7 +290,7 @@ class BlockRaster:
         """
         self.close()
         factors = overview_factors(self._width, self._height, COG_BLOCK)
-        with small_block_cache():
+        with small_block_cache(), libtiff_complaints():
             if factors:
                 with rasterio.open(self.path, "r+") as work:
                     work.build_overviews(factors, Resampling[overview_resampling.lower()])
@@ -553,6 +627,35 @@ def write_bytes(path: Path, data: bytes) -> None:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as indented JSON."""
     path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+#: What a write fails with when the disk, the user's quota or the file size limit is full.
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+def write_failure(folder: Path, exc: BaseException) -> OutputError | None:
+    """The :class:`OutputError` to raise for ``exc``, if it is a failed write; else None.
+
+    Python's writes carry the reason as an ``errno``; GDAL's (a GeoTIFF block, a COG copy)
+    arrive as :class:`~rasterio.errors.RasterioIOError` saying the write failed, the reason
+    printed by libtiff on its own.
+    """
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    full = next((e for e in chain if getattr(e, "errno", None) in FULL_ERRNOS), None)
+    if full is not None:
+        reason = os.strerror(full.errno)  # type: ignore[attr-defined]
+    elif isinstance(chain[0], RasterioIOError) and "write" in str(chain[0]).lower():
+        said = _libtiff_said[-1:] or ["a GeoTIFF write failed"]
+        reason = said[0].removeprefix("_tiffWriteProc:").strip().rstrip(".")
+    else:
+        return None
+    return OutputError(
+        f"cannot write outputs in {folder}: {reason}; make room (a full disk, quota or file size "
+        "limit) and run again: no output was replaced, finished blocks are kept to resume"
+    )
 
 
 def replace_json(path: Path, data: dict[str, Any]) -> None:

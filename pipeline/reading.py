@@ -34,6 +34,7 @@ from rasterio.windows import Window
 from pipeline.catalog import BandSource, Scene
 from pipeline.errors import SceneError
 from pipeline.grid import Grid
+from pipeline.remote import gdal_env, redact
 
 #: GDAL block cache (MB) geoseg gives every process unless ``GDAL_CACHEMAX`` is set. GDAL's
 #: default, 5 % of RAM per process, fills as a scene is read, so memory would grow with the
@@ -58,9 +59,11 @@ class _BandInfo:
 
 def _open(path: str, scene_id: str) -> rasterio.io.DatasetReader:
     try:
-        return rasterio.open(path)
+        with gdal_env(path):  # a remote file: opened without looking around it
+            return rasterio.open(path)
     except RasterioIOError as exc:
-        raise SceneError(f"scene {scene_id!r}: cannot open {path}: {exc}") from None
+        # GDAL's message repeats the path: a URL's credentials must go from both.
+        raise SceneError(redact(f"scene {scene_id!r}: cannot open {path}: {exc}")) from None
 
 
 #: Files each thread keeps open for :func:`read_window`, most recently used last.
@@ -183,6 +186,23 @@ def check_compatible(scene: Scene, bands: tuple[str, ...], grid: Grid) -> None:
                 f"scene {scene.id!r}: band {name!r} does not overlap the run's grid; "
                 "pick scenes of the same area"
             )
+
+
+def _read_block(
+    src: rasterio.io.DatasetReader, indexes: list[int], window: Window, scene_id: str
+) -> np.ndarray:
+    """``src.read`` of ``window``; a file that opens but cannot be read is a :class:`SceneError`.
+
+    A download cut short keeps its header, so it opens, and fails only where a block is read.
+    """
+    try:
+        return src.read(indexes, window=window)
+    except RasterioIOError as exc:
+        cause = exc.__cause__ or exc
+        reason = (str(cause).strip().splitlines() or [type(exc).__name__])[0]
+        raise SceneError(
+            redact(f"scene {scene_id!r}: cannot read {src.name} (truncated or corrupt?): {reason}")
+        ) from None
 
 
 def _by_path(scene: Scene, bands: tuple[str, ...]) -> dict[str, list[tuple[int, BandSource]]]:
@@ -341,7 +361,8 @@ def read_window_into(
             continue
         sc0, sc1 = int(cols[col_ok].min()), int(cols[col_ok].max()) + 1
         sr0, sr1 = int(rows[row_ok].min()), int(rows[row_ok].max()) + 1
-        block = src.read(indexes, window=Window(sc0, sr0, sc1 - sc0, sr1 - sr0))
+        with gdal_env(path):  # the settings of remote reads, in this thread
+            block = _read_block(src, indexes, Window(sc0, sr0, sc1 - sc0, sr1 - sr0), scene.id)
         ci = np.clip(cols - sc0, 0, sc1 - sc0 - 1)
         ri = np.clip(rows - sr0, 0, sr1 - sr0 - 1)
         inside = row_ok[:, None] & col_ok[None, :]
@@ -557,12 +578,13 @@ def read_overview(
                 continue
             inside[or0:or1, oc0:oc1] = True
             valid &= inside
-            block = src.read(
-                indexes,
-                window=Window(sc0, sr0, sc1 - sc0, sr1 - sr0),
-                out_shape=(len(indexes), or1 - or0, oc1 - oc0),
-                resampling=Resampling.average,
-            )
+            with gdal_env(path):
+                block = src.read(
+                    indexes,
+                    window=Window(sc0, sr0, sc1 - sc0, sr1 - sr0),
+                    out_shape=(len(indexes), or1 - or0, oc1 - oc0),
+                    resampling=Resampling.average,
+                )
             for k, (i, b) in enumerate(members):
                 _reflectance(block[k], scene, src, b, data, (i, or0, oc0), valid)
     if not valid.all():

@@ -48,6 +48,7 @@ from pipeline.catalog import (
     resolve_path,
 )
 from pipeline.errors import ConfigError, SceneError
+from pipeline.remote import redact
 
 #: Placeholders a pattern entry's key and files may hold, and the text each stands for.
 PLACEHOLDERS: dict[str, str] = {
@@ -320,10 +321,11 @@ def read_source(name: str, source: StacSource, catalog: Path) -> tuple[SourceIte
 def _unreadable(where: str, href: str, exc: Exception) -> ConfigError:
     """The error for a source that cannot be read, with the reader's reason in one line."""
     reason = " ".join(str(exc).split()) or type(exc).__name__
-    return ConfigError(
+    message = (
         f"{where}: cannot read {href}: {reason}; point `href` at a STAC catalog, collection "
         "or API root (and check the network for a URL)"
     )
+    return ConfigError(redact(message))  # no credentials of the URL in the error line
 
 
 def _is_http(href: str) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pystac
@@ -25,6 +26,7 @@ from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 from pipeline import __version__
 from pipeline.grid import Grid, pixel_size_m
 from pipeline.masking import MASK_CLASSES
+from pipeline.remote import is_remote, redact
 from pipeline.stitch import NODATA
 
 if TYPE_CHECKING:
@@ -96,7 +98,8 @@ def run_item(plan: RunPlan, summary: dict[str, Any], files: list[str]) -> pystac
         band = RasterBand.create(nodata=NODATA, data_type=DataType.UINT8, unit="percent")
         RasterExtension.ext(item.assets["confidence"], add_if_missing=True).bands = [band]
     for path in sorted({b.path for s in (plan.scene, plan.before) if s for b in s.bands}):
-        item.add_link(pystac.Link("derived_from", _href(path), title=f"input {Path(path).name}"))
+        name = Path(urlsplit(path).path if is_remote(path) else path).name  # no URL query
+        item.add_link(pystac.Link("derived_from", _href(path), title=f"input {name}"))
     return item
 
 
@@ -167,7 +170,7 @@ def _describe_classes(asset: pystac.Asset, plan: RunPlan) -> None:
 
 
 def _href(path: str) -> str:
-    """A link's href: URLs as they are, files as absolute ``file://`` URIs."""
+    """A link's href: URLs without their credentials, files as absolute ``file://`` URIs."""
     if "://" in path or path.startswith("/vsi"):
-        return path
+        return redact(path)
     return Path(path).resolve().as_uri()

@@ -18,6 +18,7 @@ from pipeline import __version__
 from pipeline.catalog import Scene
 from pipeline.grid import pixel_size_m
 from pipeline.masking import CLOUD, MASK_CLASSES, SHADOW
+from pipeline.remote import redact
 from pipeline.stitch import NODATA
 from pipeline.vectorize import Polygons
 
@@ -95,8 +96,37 @@ def scene_info(scene: Scene | None) -> dict[str, Any] | None:
         "sensor": scene.sensor,
         "series": scene.series,
         "bands": {
-            b.name: {"path": b.path, "index": b.index, "scale": b.scale, "offset": b.offset}
+            b.name: {
+                "path": redact(b.path),  # a URL's credentials are not for the outputs
+                "index": b.index,
+                "scale": b.scale,
+                "offset": b.offset,
+            }
             for b in scene.bands
+        },
+    }
+
+
+def bbox_info(plan: RunPlan) -> dict[str, Any] | None:
+    """``--bbox`` as ``run.json`` records it: as given, and the window of the scene it took.
+
+    None for a run on the whole scene. ``crs`` is None where the bbox was in the scene's CRS;
+    ``window`` is in pixels of the scene's grid (``grid`` is the window's own).
+    """
+    if plan.bbox is None or plan.window is None:
+        return None
+    box, w = plan.bbox, plan.window
+    return {
+        "west": box.west,
+        "south": box.south,
+        "east": box.east,
+        "north": box.north,
+        "crs": box.crs,
+        "window": {
+            "col_off": w.col_off,
+            "row_off": w.row_off,
+            "width": w.width,
+            "height": w.height,
         },
     }
 
@@ -136,8 +166,10 @@ def run_summary(plan: RunPlan, record: RunRecord) -> dict[str, Any]:
             "width": plan.grid.width,
             "height": plan.grid.height,
         },
+        "bbox": bbox_info(plan),
         "model": plan.model.model_id,
         "model_version": plan.model_version,
+        "engine": plan.engine.to_dict() if plan.engine else None,
         "calibration": plan.calibration,
         "mask": {
             "scene": masks[0][0].describe(),

@@ -71,3 +71,45 @@ def test_a_step_stopped_by_bad_input_raises_the_same_error(tmp_path):
     # Anything else is a failure of the benchmark itself, reported with the child's traceback.
     with pytest.raises(RuntimeError, match="(?s)failed:.*Traceback.*TypeError"):
         in_subprocess("operator:truediv", "1", "0")  # str / str
+
+
+_SHARING = """
+import mmap, os, sys, time
+size = 200 * 2**20
+shared = mmap.mmap(-1, size)  # anonymous and shared: forked children map the same pages
+shared.write(b"x" * size)
+for _ in range(2):
+    if os.fork() == 0:
+        shared[0:size:4096]  # the child touches every page, each now mapped by three
+        time.sleep(60)
+        os._exit(0)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_pss_divides_shared_pages_among_the_processes_that_map_them():
+    """Three processes map the same 200 MB: each's RSS counts it whole, PSS a third of it."""
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.bench.common import MemorySampler
+
+    proc = subprocess.Popen([sys.executable, "-c", _SHARING], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(1.0)  # the children touch their pages
+        with MemorySampler(proc.pid, interval=0.05) as memory:
+            time.sleep(0.3)
+        assert len(memory.peaks) == 3
+        for rss, pss in memory.peaks.values():
+            assert rss > 195  # the whole 200 MB, and the interpreter
+            assert 60 < pss < 90  # a third of it, and a share of the interpreter
+        assert 200 < memory.total_pss_mb < 260  # the 200 MB once, not three times
+        assert memory.peak_pss_mb([proc.pid]) == memory.peaks[proc.pid][1]
+    finally:
+        for child in __import__("psutil").Process(proc.pid).children():
+            child.kill()
+        proc.kill()
+        proc.wait()

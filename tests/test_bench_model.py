@@ -69,7 +69,8 @@ def test_model_only_shares_are_as_even_as_the_tiles_allow(size: int, tile: int) 
 @pytest.mark.parametrize(
     ("extra", "engine", "tile"),
     [
-        ([], "torch", None),
+        ([], "auto", None),
+        (["--engine", "torch"], "torch", None),
         (["--engine", "openvino"], "openvino", None),
         (["--engine", "openvino", "--precision", "bf16"], "openvino", None),
         (["--engine", "openvino", "--tile-size", "512"], "openvino", 512),
@@ -130,6 +131,11 @@ def test_bench_model_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert 0 <= r["peer_agreement"] <= 1 and 0 <= r["tile_parity"] <= 1
     assert r["parity_window"] == 512
     assert r["mask_only_s"] > 0 and r["mask_s_per_mpx"] > 0 and r["mask_only_peak_rss_mb"] > 0
+    # The default engine is auto's choice, with its reason; memory also as PSS.
+    assert r["engine"] in ("openvino", "torch") and r["engine_reason"]
+    for role in ("client", "worker"):
+        assert 0 < r[f"{role}_peak_pss_mb"] <= r[f"{role}_peak_rss_mb"]
+    assert r["run_peak_pss_mb"] >= r["worker_peak_pss_mb"] + r["client_peak_pss_mb"] * 0.5
 
 
 def test_bench_rejects_a_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

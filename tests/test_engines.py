@@ -204,3 +204,86 @@ def test_bf16_on_a_cpu_without_it_is_refused_before_any_work(unet, tmp_path, mon
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
     assert "precision: f32" in err and not made
+
+
+# --- engine: auto ---------------------------------------------------------------------------
+
+
+def _auto(unet: tuple[Workflow, Path]) -> Workflow:
+    workflow, _ = unet
+    model = workflow.model.model_copy(update={"engine": "auto", "precision": "auto"})
+    return workflow.model_copy(update={"model": model})
+
+
+def test_auto_picks_openvino_and_bf16_only_where_classes_keep(unet, tmp_path):
+    workflow = _auto(unet)
+    choice = engines.choose_engine(workflow.model, workflow.classes, tmp_path)  # type: ignore[arg-type]
+    folder = engines.converted_folder(workflow.model, workflow.classes, tmp_path)  # type: ignore[arg-type]
+    assert choice.engine == "openvino" and choice.device == "cpu"
+    assert (folder / "network.json").is_file()
+    if "BF16" in cpu_capabilities():
+        agreement = json.loads((folder / "bf16.json").read_text())["agreement"]
+        assert 0.9 < agreement <= 1.0
+        want = "bf16" if agreement >= engines.BF16_AGREEMENT else "f32"
+        assert choice.precision == want and f"{agreement:.3%}" in choice.reason
+    else:
+        assert choice.precision == "f32" and "no bf16" in choice.reason
+
+
+def test_bf16_agreement_is_the_share_of_equal_classes_and_is_kept(unet):
+    _, converted = unet
+    (converted / "bf16.json").unlink(missing_ok=True)
+    if "BF16" not in cpu_capabilities():
+        pytest.skip("this CPU has no bfloat16 instructions")
+    first = engines.bf16_agreement(converted)
+    assert json.loads((converted / "bf16.json").read_text()) == {"agreement": first}
+    (converted / "bf16.json").write_text(json.dumps({"agreement": 0.5}))
+    assert engines.bf16_agreement(converted) == 0.5  # read back, not measured again
+    (converted / "bf16.json").unlink()
+
+
+def test_auto_falls_back_where_the_fast_paths_do_not_hold(unet, tmp_path, monkeypatch):
+    workflow = _auto(unet)
+    config, classes = workflow.model, workflow.classes
+
+    def choose():
+        return engines.choose_engine(config, classes, tmp_path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engines, "cpu_capabilities", lambda: ["FP32", "BF16"])
+    monkeypatch.setattr(engines, "bf16_agreement", lambda folder: 0.9981)
+    choice = choose()
+    assert (choice.engine, choice.precision) == ("openvino", "f32")
+    assert "only 99.810%" in choice.reason
+    monkeypatch.setattr(engines, "bf16_agreement", lambda folder: 0.9995)
+    assert (choose().engine, choose().precision) == ("openvino", "bf16")
+    monkeypatch.setattr(engines, "cpu_capabilities", lambda: ["FP32", "INT8"])
+    assert (choose().precision, "no bf16" in choose().reason) == ("f32", True)
+
+    def broken(*args, **kwargs):
+        raise ModelError("OpenVINO cannot convert 'u': unsupported op")
+
+    monkeypatch.setattr(engines, "prepare_openvino", broken)
+    choice = choose()
+    assert (choice.engine, choice.precision, choice.device) == ("torch", "f32", "cpu")
+    assert "unsupported op" in choice.reason
+    monkeypatch.setattr(engines, "cuda_present", lambda: True)
+    choice = choose()
+    assert (choice.engine, choice.device) == ("torch", "cuda")
+    # Set in the workflow, an engine is kept, and a conversion that fails is the user's error.
+    fixed = config.model_copy(update={"engine": "openvino", "precision": "f32"})
+    with pytest.raises(ModelError, match="unsupported op"):
+        engines.choose_engine(fixed, classes, tmp_path)  # type: ignore[arg-type]
+
+
+def test_run_records_what_ran_and_why(unet, tmp_path):
+    workflow = _auto(unet)
+    scene = write_scene(tmp_path / "scene.tif", 300, BANDS, seed=1)
+    catalog = load_catalog(_write_catalog(tmp_path, scene, BANDS))
+    result = run(workflow, catalog.scene("bench"), options=RunOptions(out=tmp_path, workers=1))
+    engine = result.summary["engine"]
+    assert engine["engine"] == "openvino" and engine["device"] == "cpu"
+    assert engine["precision"] in ("f32", "bf16") and engine["reason"]
+    # The workflow as it ran: auto made concrete.
+    model = result.summary["workflow"]["model"]
+    assert (model["engine"], model["precision"]) == (engine["engine"], engine["precision"])
+    assert "set in the workflow" not in engine["reason"]

@@ -7,6 +7,8 @@ import os
 import resource
 import subprocess
 import sys
+import threading
+from collections.abc import Iterable
 from typing import Any
 
 from rasterio.crs import CRS
@@ -39,6 +41,63 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class MemorySampler:
+    """Peak resident (RSS) and proportional (PSS) memory of a process and its children.
+
+    RSS counts every shared page (libraries, torch's and OpenVINO's code) in full in every
+    process that maps it; PSS divides each shared page among its sharers, so the PSS of a run's
+    processes add up to what the run costs the machine. The kernel keeps no PSS high-water
+    mark, so a thread samples ``/proc/PID/smaps_rollup`` (through psutil) every ``interval``
+    seconds: a peak shorter than that can be missed.
+    """
+
+    def __init__(self, pid: int | None = None, interval: float = 0.2) -> None:
+        import psutil
+
+        self._root = psutil.Process(pid)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="geoseg-memory", daemon=True)
+        #: pid -> (peak RSS MB, peak PSS MB)
+        self.peaks: dict[int, tuple[float, float]] = {}
+        #: Largest sum of PSS over the processes alive at one sample, MB.
+        self.total_pss_mb = 0.0
+
+    def __enter__(self) -> MemorySampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.sample()
+
+    def sample(self) -> None:
+        """Read every process of the tree once; keep each one's peaks and the total's."""
+        import psutil
+
+        total = 0.0
+        for proc in [self._root, *self._root.children(recursive=True)]:
+            try:
+                info = proc.memory_full_info()
+            except (psutil.Error, OSError):  # gone between the listing and the read
+                continue
+            rss, pss = info.rss / 2**20, getattr(info, "pss", info.rss) / 2**20
+            old = self.peaks.get(proc.pid, (0.0, 0.0))
+            self.peaks[proc.pid] = (max(old[0], rss), max(old[1], pss))
+            total += pss
+        self.total_pss_mb = max(self.total_pss_mb, total)
+
+    def peak_pss_mb(self, pids: Iterable[int]) -> float:
+        """The largest PSS peak among ``pids`` (0 for none sampled)."""
+        return max((self.peaks[p][1] for p in pids if p in self.peaks), default=0.0)
 
 
 def default_workers() -> int:

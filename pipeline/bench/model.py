@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from typing import Any, TypeVar
 import numpy as np
 import yaml
 
-from pipeline.bench.common import bench_grid, in_subprocess, peak_rss_mb
+from pipeline.bench.common import MemorySampler, bench_grid, in_subprocess, peak_rss_mb
 from pipeline.bench.scenes import SCENE_BANDS, write_scene
 from pipeline.errors import ConfigError
 from pipeline.grid import Block, blocks
@@ -228,14 +229,17 @@ def _cache_of(workflow_json: str) -> Path:
     return default_cache(Path(workflow_json).parent / "out")
 
 
-def run_convert(workflow_json: str) -> dict[str, Any]:
-    """Convert the network for OpenVINO into the run's cache (a batch job does it once)."""
-    from pipeline.models.engines import prepare_openvino
+def run_choose(workflow_json: str) -> dict[str, Any]:
+    """Resolve the workflow's engine as a run does, converting for OpenVINO into the run's cache.
 
-    workflow = _load(workflow_json)
+    A batch job does this once; ``convert_s`` is its time when OpenVINO was chosen.
+    """
+    from pipeline.planning import resolve_engine
+
     t0 = time.perf_counter()
-    prepare_openvino(workflow.model, workflow.classes, _cache_of(workflow_json))  # type: ignore[arg-type]
-    return {"convert_s": time.perf_counter() - t0}
+    _, choice = resolve_engine(_load(workflow_json), _cache_of(workflow_json))
+    took = time.perf_counter() - t0
+    return choice.to_dict() | {"convert_s": took if choice.engine == "openvino" else None}
 
 
 def balanced_shares(
@@ -365,7 +369,7 @@ def run_pipeline(catalog: str, workflow_json: str, out: str, workers: str) -> di
     else:
         import segmentation_models_pytorch  # noqa: F401
 
-    with dask_client(int(workers), None) as client:
+    with MemorySampler() as memory, dask_client(int(workers), None) as client:
         startup = time.perf_counter() - t0
         address = client.scheduler.address
         result = run(
@@ -375,6 +379,7 @@ def run_pipeline(catalog: str, workflow_json: str, out: str, workers: str) -> di
             catalog=catalog,
         )
         worker_rss = client.run(peak_rss_mb)
+        worker_pids = client.run(os.getpid).values()
     times = result.summary["times"]
     setup = times["cluster_start_s"] + times["model_setup_s"]
     gpkg = result.folder / "polygons.gpkg"
@@ -386,6 +391,9 @@ def run_pipeline(catalog: str, workflow_json: str, out: str, workers: str) -> di
         "polygons": int(pyogrio.read_info(str(gpkg), layer="bench")["features"]),
         "client_peak_rss_mb": peak_rss_mb(),
         "worker_peak_rss_mb": max(worker_rss.values()),
+        "client_peak_pss_mb": memory.peak_pss_mb([os.getpid()]),
+        "worker_peak_pss_mb": memory.peak_pss_mb(worker_pids),
+        "run_peak_pss_mb": memory.total_pss_mb,
     }
 
 
@@ -483,15 +491,14 @@ def bench_model(
     halo: int = HALO,
     batch: int = 1,
     peer: bool = True,
-    engine: str = "torch",
-    precision: str = "f32",
+    engine: str = "auto",
+    precision: str = "auto",
     mask: bool = True,
 ) -> dict[str, Any]:
     """Generate a ``size``² scene and measure model only, pipeline, peer and tile parity on it.
 
     ``tile`` defaults to :func:`default_tile` of ``engine``; ``mask`` adds the mask alone.
     """
-    tile = tile or default_tile(engine)
     if engine == "openvino":
         # Before a scene is generated: a large one takes minutes.
         from pipeline.models.engines import check_precision, openvino_version
@@ -503,21 +510,24 @@ def bench_model(
         checkpoint = Path(model).resolve() if model else write_random_unet(folder / "unet.ckpt")
         if not checkpoint.is_file():
             raise ConfigError(f"{checkpoint}: checkpoint not found")
-        workflow = bench_workflow(str(checkpoint), tile, halo, batch, engine, precision)
+        workflow = bench_workflow(str(checkpoint), tile or TILE, halo, batch, engine, precision)
         from pipeline.models import build_model
 
         bands = build_model(workflow.model, workflow.classes).bands
         workflow_json = folder / "workflow.json"
         workflow_json.write_text(workflow.model_dump_json(), encoding="utf-8")
+        wf, n = str(workflow_json), str(workers)
+        step = "pipeline.bench.model:"
+        chosen = in_subprocess(step + "run_choose", wf)
+        engine, precision = chosen["engine"], chosen["precision"]
+        tile = tile or default_tile(engine)
+        workflow = bench_workflow(str(checkpoint), tile, halo, batch, engine, precision)
+        workflow_json.write_text(workflow.model_dump_json(), encoding="utf-8")
         t0 = time.perf_counter()
         scene = write_scene(folder / "scene.tif", size, bands)
         generate_s = time.perf_counter() - t0
         catalog = _write_catalog(folder, scene, bands)
-        wf, n = str(workflow_json), str(workers)
-        step = "pipeline.bench.model:"
-        convert_s = None
-        if engine == "openvino":
-            convert_s = in_subprocess(step + "run_convert", wf)["convert_s"]
+        convert_s = chosen["convert_s"]
         alone = in_subprocess(step + "run_model_only", wf, str(size), n)
         pipe = in_subprocess(step + "run_pipeline", str(catalog), wf, str(folder / "out"), n)
         result: dict[str, Any] = {
@@ -530,6 +540,7 @@ def bench_model(
             "batch_size": batch,
             "engine": engine,
             "precision": precision,
+            "engine_reason": chosen["reason"],
             "convert_s": convert_s,
             "scene_generate_s": generate_s,
             "model_only_s": alone["model_only_s"],
@@ -545,6 +556,9 @@ def bench_model(
             "client_peak_rss_mb": pipe["client_peak_rss_mb"],
             "worker_peak_rss_mb": pipe["worker_peak_rss_mb"],
             "model_only_peak_rss_mb": alone["model_only_peak_rss_mb"],
+            "client_peak_pss_mb": pipe["client_peak_pss_mb"],
+            "worker_peak_pss_mb": pipe["worker_peak_pss_mb"],
+            "run_peak_pss_mb": pipe["run_peak_pss_mb"],
         }
         if peer:
             theirs = in_subprocess(step + "run_peer", str(scene), wf, str(folder / "peer.tif"), n)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,27 +37,47 @@ class LoadedCheckpoint:
 
 
 def safe_load(path: str | Path) -> Any:
-    """``torch.load`` with ``weights_only=True``; refuse files that need arbitrary unpickling."""
+    """``torch.load`` with ``weights_only=True``; refuse files that need arbitrary unpickling.
+
+    torch's own words are not passed on: its message advises loading again with
+    ``weights_only=False``, which would run the code of a file nobody should trust, and its
+    warnings about pickle protocols say nothing a user can act on.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"checkpoint {path} not found; check `checkpoint:` in the workflow")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        blocked = next((ln for ln in lines if "Unsupported global" in ln), None)
-        if blocked is None:
-            raise ModelError(
-                f"cannot read checkpoint {path}: {(lines or [type(exc).__name__])[0]}"
-            ) from None
-        raise ModelError(
-            f"refused to load {path}: it holds pickled objects other than tensors and plain "
-            f"data, which could run code ({blocked.split('error: ')[-1]}); re-save only its "
-            "state_dict from a trusted environment"
-        ) from None
+        raise ModelError(unpickling_refusal(path, str(exc))) from None
     except (RuntimeError, EOFError, OSError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"cannot read checkpoint {path}: {reason}") from None
+
+
+#: How torch names what a weights-only load refused: ``GLOBAL posix.system`` and the like.
+_BLOCKED = re.compile(r"GLOBAL\s+([\w.]+)", re.IGNORECASE)
+
+
+def unpickling_refusal(path: Path, message: str) -> str:
+    """Our one line for a checkpoint a weights-only load refused, from torch's ``message``.
+
+    A file naming a Python callable (``os.system``, a class) holds code: it is refused, and it
+    was not run. Anything else is a file that is not a checkpoint; torch's advice to load it
+    unsafely is left out either way.
+    """
+    blocked = _BLOCKED.search(message)
+    if blocked is not None:
+        return (
+            f"refused to load checkpoint {path}: it holds pickled code (it calls "
+            f"{blocked.group(1)}), not only tensors and plain data; it was not run. Use only "
+            "checkpoints from a source you trust, re-saved as a state_dict"
+        )
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    reason = next((ln for ln in lines if "weights_only" not in ln), "not a torch checkpoint")
+    return f"cannot read checkpoint {path}: {reason}; nothing in it was run"
 
 
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:

@@ -117,6 +117,112 @@ def check_precision(precision: str) -> None:
         )
 
 
+#: Share of pixels whose class bf16 must give as f32 does for ``engine: auto`` to choose it.
+BF16_AGREEMENT = 0.999
+#: Side of the smooth reflectance tiles the bf16 agreement is measured on, and their number.
+_AGREEMENT_TILE, _AGREEMENT_TILES = 256, 4
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """What runs a model's forward pass, and why: what ``run.json`` records as ``engine``."""
+
+    engine: str  # "torch", "openvino" or "index" (numpy kernels, no network)
+    precision: str  # "f32" or "bf16"
+    device: str  # "cpu" or "cuda"
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        """The choice as JSON data."""
+        return {
+            "engine": self.engine,
+            "precision": self.precision,
+            "device": self.device,
+            "reason": self.reason,
+        }
+
+
+def cuda_present() -> bool:
+    """Whether torch sees a CUDA GPU; torch is imported only where an NVIDIA driver is loaded."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    if not gpus.is_dir() or not any(gpus.iterdir()):
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def choose_engine(
+    config: TorchGeoModelConfig, classes: tuple[ClassDef, ...], cache: Path
+) -> EngineChoice:
+    """What runs ``config`` here: its own ``engine`` and ``precision``, ``auto`` resolved.
+
+    ``engine: auto`` is the fastest engine that keeps the model's answers: torch on a CUDA
+    GPU; otherwise OpenVINO when its conversion reproduces torch's scores (checked when it
+    converts); torch where the conversion fails. ``precision: auto`` on OpenVINO is bf16 when
+    the CPU has the instructions and bf16 gives the classes f32 gives on at least
+    :data:`BF16_AGREEMENT` of the check pixels (:func:`bf16_agreement`); f32 otherwise.
+    """
+    if config.engine == "torch" or (config.engine == "auto" and cuda_present()):
+        device = "cuda" if cuda_present() else "cpu"
+        why = "set in the workflow" if config.engine == "torch" else "a CUDA GPU is present"
+        return EngineChoice("torch", "f32", device, why)
+    try:
+        folder, _ = prepare_openvino(config.model_copy(update={"precision": "f32"}), classes, cache)
+    except ModelError as exc:
+        if config.engine == "openvino":
+            raise
+        return EngineChoice("torch", "f32", "cpu", f"OpenVINO was not usable: {exc}")
+    how = (
+        "set in the workflow" if config.engine == "openvino" else "the conversion reproduces torch"
+    )
+    if config.precision != "auto":
+        check_precision(config.precision)
+        return EngineChoice("openvino", config.precision, "cpu", f"{how}; precision set")
+    if "BF16" not in cpu_capabilities():
+        return EngineChoice("openvino", "f32", "cpu", f"{how}; no bf16 on this CPU")
+    agreement = bf16_agreement(folder)
+    if agreement >= BF16_AGREEMENT:
+        return EngineChoice(
+            "openvino",
+            "bf16",
+            "cpu",
+            f"{how}; bf16 classes agree with f32 on {agreement:.3%} of the check pixels",
+        )
+    return EngineChoice(
+        "openvino",
+        "f32",
+        "cpu",
+        f"{how}; bf16 classes agree with f32 on only {agreement:.3%} of the check pixels "
+        f"(needs {BF16_AGREEMENT:.1%})",
+    )
+
+
+def bf16_agreement(folder: Path) -> float:
+    """Share of pixels where the converted network's bf16 classes equal its f32 classes.
+
+    Measured once per conversion on smooth random reflectance (blurred noise, 0-0.45, the look
+    of land cover rather than of pixel noise) and kept beside the model files.
+    """
+    kept = folder / "bf16.json"
+    if kept.is_file():
+        return float(json.loads(kept.read_text(encoding="utf-8"))["agreement"])
+    from scipy import ndimage
+
+    info = NetworkInfo.load(folder)
+    gen = np.random.default_rng(0)
+    shape = (_AGREEMENT_TILES, info.in_channels, _AGREEMENT_TILE, _AGREEMENT_TILE)
+    noise = ndimage.gaussian_filter(gen.normal(size=shape), sigma=(0, 0, 6, 6))
+    x = (0.2 + 0.25 * noise / np.abs(noise).max()).astype(np.float32)
+    f32 = OpenVINOModel(folder, "f32")(x).argmax(1)
+    bf16 = OpenVINOModel(folder, "bf16")(x).argmax(1)
+    agreement = float((f32 == bf16).mean())
+    tmp = folder / f".bf16.{uuid.uuid4().hex[:8]}.json"
+    tmp.write_text(json.dumps({"agreement": agreement}), encoding="utf-8")
+    os.replace(tmp, kept)
+    return agreement
+
+
 def export_key(config: TorchGeoModelConfig, classes: tuple[ClassDef, ...]) -> str:
     """A key (16 hex) that changes with anything that changes the converted network."""
     # Batch size and precision are chosen when the model files are loaded, not converted.

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.catalog import Scene
-from pipeline.errors import UnusableSceneError
+from pipeline.errors import GeosegError, UnusableSceneError
 from pipeline.orchestrate.cluster import (
     QUIET_MONITORS,
     ModelPlugin,
@@ -44,7 +44,7 @@ from pipeline.orchestrate.finish import EarlyWork, lower_thread_priority, publis
 from pipeline.orchestrate.polygons import labels_folder, vectorize_on_cluster
 from pipeline.orchestrate.tiles import WorkingRasters, classify_blocks, resume_key
 from pipeline.planning import RunPlan, check_masked, default_cache, plan_run
-from pipeline.publish import BlockCache, Staging, write_json
+from pipeline.publish import BlockCache, Staging, write_failure, write_json
 from pipeline.stac import run_item
 from pipeline.summary import RunRecord, run_summary
 from pipeline.workflow import Workflow
@@ -94,7 +94,8 @@ def run(
     """
     options = options or RunOptions()
     started = time.perf_counter()
-    plan = plan_run(workflow, scene, before, default_cache(options.out), catalog)
+    cache = default_cache(options.out)
+    plan = plan_run(workflow, scene, before, cache, catalog, bbox=options.bbox)
     return run_plan(plan, options, started)
 
 
@@ -110,7 +111,7 @@ def run_plan(
     folder = output_folder(plan, options)
     existed = folder.exists()
     cache = BlockCache(folder / ".work", resume_key(plan))
-    with Staging(folder) as staging:
+    with _write_failures(folder), Staging(folder) as staging:
         try:
             record = _run_on_cluster(plan, staging, cache, options, times, shared)
         except UnusableSceneError:
@@ -127,6 +128,21 @@ def run_plan(
         files = staging.commit()
         cache.clear()  # the outputs are complete: nothing left to resume
     return RunResult(folder=folder, files=files, summary=summary)
+
+
+@contextmanager
+def _write_failures(folder: Path) -> Iterator[None]:
+    """A write in ``folder`` that failed (a full disk, quota, size limit) as one OutputError.
+
+    Entered before the staging, so the error comes out after the staged files are deleted.
+    """
+    try:
+        yield
+    except OSError as exc:
+        failure = None if isinstance(exc, GeosegError) else write_failure(folder, exc)
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def output_folder(plan: RunPlan, options: RunOptions) -> Path:

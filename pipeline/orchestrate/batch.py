@@ -27,17 +27,26 @@ from types import TracebackType
 from typing import Any, Literal
 
 from pipeline.catalog import Scene
-from pipeline.errors import GeosegError, UnusableSceneError
+from pipeline.errors import ClusterLostError, GeosegError, UnusableSceneError
 from pipeline.orchestrate import output_folder, run_plan
 from pipeline.orchestrate.cluster import (
     RunOptions,
     SharedCluster,
     dask_client,
     register_model,
+    scheduler_gone,
+    scheduler_lost,
 )
 from pipeline.orchestrate.tiles import resume_key
-from pipeline.planning import RunPlan, build_planned_model, default_cache, plan_run
+from pipeline.planning import (
+    RunPlan,
+    build_planned_model,
+    default_cache,
+    plan_run,
+    resolve_engine,
+)
 from pipeline.publish import replace_json
+from pipeline.remote import redact
 from pipeline.selection import Job
 from pipeline.workflow import Workflow
 
@@ -139,7 +148,8 @@ class Batch:
             opts = self.options
             client = stack.enter_context(dask_client(opts.workers, opts.scheduler))
             converted = getattr(self.model, "folder", None)
-            plugin = register_model(client, self.workflow, converted, opts.out)
+            resolved, _ = resolve_engine(self.workflow, default_cache(opts.out))
+            plugin = register_model(client, resolved, converted, opts.out)
             self._shared = SharedCluster(client, plugin, self.model)
             self._pool = stack.enter_context(
                 ThreadPoolExecutor(self.in_flight, thread_name_prefix="geoseg-scene")
@@ -177,19 +187,34 @@ class Batch:
             return self._outcome(job, "done", t0, folder=folder, summary=result.summary)
         except UnusableSceneError as exc:
             return self._outcome(job, "unusable", t0, str(exc), folder, masked=exc.masked)
+        except ClusterLostError:
+            raise
         except GeosegError as exc:
+            self._check_cluster(exc)
             return self._outcome(job, "failed", t0, str(exc), folder)
         except Exception as exc:  # noqa: BLE001 - one broken scene must not end the batch
+            self._check_cluster(exc)
             # A file that breaks mid-read surfaces as GDAL's or a library's own error.
             log.debug("scene %s failed", job.scene, exc_info=True)
-            message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            message = redact(f"{type(exc).__name__}: {' '.join(str(exc).split())}")
             return self._outcome(job, "failed", t0, message, folder)
+
+    def _check_cluster(self, exc: Exception) -> None:
+        """Raise :class:`ClusterLostError` when ``exc`` came of the batch's scheduler going away.
+
+        A lost scheduler is no scene's fault: every scene after it would fail the same way,
+        so the batch ends, its finished scenes kept and the unfinished ones resumable.
+        """
+        shared, scheduler = self._shared, self.options.scheduler
+        if scheduler and shared is not None and scheduler_gone(shared.client, exc):
+            raise scheduler_lost(scheduler) from None
 
     def _plan(self, job: Job) -> RunPlan:
         scene = self.resolve(job.scene)
         before = self.resolve(job.before) if job.before else None
         cache = default_cache(self.options.out)
-        return plan_run(self.workflow, scene, before, cache, self.catalog, self.model)
+        bbox = self.options.bbox
+        return plan_run(self.workflow, scene, before, cache, self.catalog, self.model, bbox)
 
     @staticmethod
     def _outcome(
@@ -217,7 +242,8 @@ class Batch:
 
 def planned_model(workflow: Workflow, options: RunOptions) -> Any:
     """``workflow``'s model as planning builds it (converted for OpenVINO), for a batch."""
-    return build_planned_model(workflow, default_cache(options.out))
+    cache = default_cache(options.out)
+    return build_planned_model(resolve_engine(workflow, cache)[0], cache)
 
 
 def completed_run(plan: RunPlan, options: RunOptions) -> dict[str, Any] | None:

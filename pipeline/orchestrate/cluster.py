@@ -6,7 +6,9 @@ import ctypes
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,8 @@ import dask
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ClusterLostError, ConfigError, GeosegError
+from pipeline.grid import BBox
 from pipeline.planning import DEFAULT_OUT, default_cache
 from pipeline.reading import gdal_cache_setting
 from pipeline.workflow import ClassDef, ModelConfig, Workflow
@@ -37,6 +40,10 @@ QUIET_MONITORS = {
 }
 
 
+#: How long a failed call to the scheduler waits for the client to find it gone (seconds).
+SCHEDULER_LOSS_WAIT_S = 1.0
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How to run: output root, parallelism and progress display."""
@@ -47,13 +54,20 @@ class RunOptions:
     progress: bool = True
     instances: bool = False  # also write instances.tif (each pixel's polygon instance_id)
     seams: bool = False  # also write seams.tif (where overlapping tiles disagree)
+    bbox: BBox | None = None  # run on this part of each scene only (--bbox)
 
 
 @contextmanager
 def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
-    """A distributed client: on ``scheduler`` if given, else on a LocalCluster of processes."""
+    """A distributed client: on ``scheduler`` if given, else on a LocalCluster of processes.
+
+    A scheduler that goes away while the client is in use ends the block with a
+    :class:`~pipeline.errors.ClusterLostError` (Dask cancels every task in flight; a worker
+    lost, by contrast, only has its tasks run again elsewhere).
+    """
     if scheduler:
         try:
+            check_scheduler_answers(scheduler)
             client = Client(scheduler, timeout="10s")
         except (OSError, TimeoutError) as exc:
             raise ConfigError(
@@ -62,6 +76,14 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
             ) from None
         try:
             yield client
+        except Exception as exc:
+            if not scheduler_gone(client, exc):
+                raise
+            with _dask_client_logs_off():
+                client.close()
+            if isinstance(exc, GeosegError):  # already said (a batch's, see batch.Batch)
+                raise
+            raise scheduler_lost(scheduler) from None
         finally:
             client.close()
         return
@@ -81,10 +103,83 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
             dashboard_address=":0",  # any free port: never clash with another cluster
             silence_logs=logging.ERROR,
             env=one_thread,
+            preload=["pipeline.orchestrate.local_worker"],
         ) as cluster,
         Client(cluster) as client,
     ):
         yield client
+
+
+#: Seconds a scheduler has to answer a first message before a run gives up on it.
+SCHEDULER_ANSWER_S = 5.0
+
+
+def check_scheduler_answers(address: str, within: float = SCHEDULER_ANSWER_S) -> None:
+    """Raise :class:`TimeoutError` or :class:`OSError` unless ``address`` answers as a scheduler.
+
+    Dask's client waits without end on a port that accepts a connection and never answers
+    (a wrong service, a hung process): this asks the scheduler who it is, with a deadline.
+    """
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def ask() -> None:
+        comm = await connect(address, timeout=within)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            await comm.read()
+        finally:
+            comm.abort()
+
+    async def ask_within() -> None:
+        try:
+            await asyncio.wait_for(ask(), within)
+        except TimeoutError:
+            raise TimeoutError(f"no answer in {within:.0f} s") from None
+
+    # In a thread of its own: a notebook's thread already runs an event loop.
+    with ThreadPoolExecutor(1, thread_name_prefix="geoseg-probe") as probe:
+        probe.submit(asyncio.run, ask_within()).result()
+
+
+def scheduler_lost(address: str) -> ClusterLostError:
+    """The error of a run whose scheduler went away: Dask cancelled every task in flight."""
+    return ClusterLostError(
+        f"lost the Dask scheduler at {address} mid-run; no output was replaced and the blocks "
+        "finished are kept: run the same command again, with a scheduler that answers or "
+        "without --scheduler, to resume from them"
+    )
+
+
+def scheduler_gone(client: Any, exc: Exception) -> bool:
+    """Whether ``exc`` came of the client's scheduler going away.
+
+    The client learns it on its own connection: a call that failed on another connection a
+    moment before waits (a second at most) for it to say so.
+    """
+    deadline = time.monotonic() + (SCHEDULER_LOSS_WAIT_S if isinstance(exc, OSError) else 0.0)
+    while client.status == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return bool(client.status != "running")
+
+
+@contextmanager
+def _dask_client_logs_off() -> Iterator[None]:
+    """Dask's client logs off: closing a client whose scheduler is gone.
+
+    Dask then logs its ended attempts to reconnect as errors with tracebacks, which would only
+    repeat, in its terms, the one error the run reports.
+    """
+    loggers = [logging.getLogger(name) for name in ("distributed.client", "distributed.utils")]
+    before = [logger.disabled for logger in loggers]
+    for logger in loggers:
+        logger.disabled = True
+    try:
+        yield
+    finally:
+        for logger, disabled in zip(loggers, before, strict=True):
+            logger.disabled = disabled
 
 
 def worker_threads(client: Any) -> dict[str, int]:
@@ -205,8 +300,13 @@ def register_model(client: Any, workflow: Workflow, converted: Path | None, out:
 
 def unregister_model(client: Any, name: str) -> None:
     """Drop the model from every worker, and the heap its forward passes left."""
-    client.unregister_worker_plugin(name)
-    client.run(release_memory)
+    if client.status != "running":
+        return  # the scheduler is gone, and its workers' models with it
+    try:
+        client.unregister_worker_plugin(name)
+        client.run(release_memory)
+    except OSError:
+        pass  # the same, found only now: the error that ended the run is the one to report
 
 
 def plugin_name(workflow: Workflow) -> str:

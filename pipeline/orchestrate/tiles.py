@@ -36,6 +36,7 @@ from pipeline.orchestrate.cluster import (
 )
 from pipeline.planning import RunPlan
 from pipeline.publish import BlockCache, BlockRaster, Staging
+from pipeline.remote import is_remote, remote_fingerprint
 from pipeline.stitch import NODATA, SeamTracker
 
 if TYPE_CHECKING:
@@ -98,16 +99,23 @@ class WorkingRasters:
 
 
 def resume_key(plan: RunPlan) -> str:
-    """Name of the block cache of a run: changes with the scene, grid, model, mask or settings."""
+    """Name of the block cache of a run: changes with the scene, grid, model, mask or settings.
+
+    A file enters by its size and modification time, a remote one by what a HEAD request
+    says of it (:func:`~pipeline.remote.remote_fingerprint`): never by reading its bytes.
+    """
     workflow = plan.workflow
     h = hashlib.sha256(plugin_name(workflow).encode())
     settings = (plan.scene, plan.before, plan.grid, workflow.tile_size, workflow.halo)
-    h.update(repr((*settings, plan.masks, sorted(plan.calibration.items()), __version__)).encode())
-    for s in (plan.scene, plan.before):
-        for band in s.bands if s else ():
-            if Path(band.path).is_file():
-                stat = Path(band.path).stat()
-                h.update(f"{band.path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    h.update(repr((*settings, plan.bbox, plan.window, plan.masks)).encode())
+    h.update(repr((sorted(plan.calibration.items()), __version__)).encode())
+    paths = {band.path for s in (plan.scene, plan.before) if s for band in s.bands}
+    for path in sorted(paths):
+        if Path(path).is_file():
+            stat = Path(path).stat()
+            h.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        elif is_remote(path):
+            h.update(f"{path}:{remote_fingerprint(path)}".encode())
     return h.hexdigest()[:20]
 
 
@@ -212,7 +220,8 @@ def _classified(
             future.release()
     finally:
         bar.close()
-        client.cancel(list(running))
+        if client.status == "running":  # a client whose scheduler is gone has nothing to cancel
+            client.cancel(list(running))
 
 
 def _submit_blocks(
@@ -258,7 +267,10 @@ def _blocks_task(
     """
     from pipeline.inference import process_tiles
 
-    model = cast(ModelPlugin, get_worker().plugins[plugin]).model_for(calibration)
+    held = get_worker().plugins.get(plugin)
+    if held is None:  # the run let its model go (it was stopped): nobody waits for this task
+        return []
+    model = cast(ModelPlugin, held).model_for(calibration)
     results = process_tiles(model, scene, before, grid, group, halo, batch_size, masks)
     # A tile's classes over its whole window travel only when seams.tif needs them.
     return [(b, c, f, w if seams else None) for b, (c, f, w) in zip(group, results, strict=True)]

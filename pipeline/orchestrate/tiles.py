@@ -156,10 +156,14 @@ def classify_blocks(
     name = plugin or register_model(client, plan.workflow, plan.converted, options.out)
     times["model_setup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    arrived = 0
     try:
         for block, classes, confidence, window in _classified(client, plan, name, todo, options):
             cache.put(block, classes, confidence)
             put(block, classes, confidence, window)
+            arrived += 1
+        if arrived != len(todo):  # a task that found no model returns nothing (_blocks_task)
+            raise RuntimeError(f"{len(todo) - arrived} of {len(todo)} blocks never came back")
     finally:
         if plugin is None:
             unregister_model(client, name)
@@ -268,7 +272,9 @@ def _blocks_task(
     from pipeline.inference import process_tiles
 
     held = get_worker().plugins.get(plugin)
-    if held is None:  # the run let its model go (it was stopped): nobody waits for this task
+    if held is None:
+        # The run let its model go (it was stopped); were it not, classify_blocks counts the
+        # blocks that never came back. Raising here would print a worker's traceback.
         return []
     model = cast(ModelPlugin, held).model_for(calibration)
     results = process_tiles(model, scene, before, grid, group, halo, batch_size, masks)

@@ -37,7 +37,16 @@ if TYPE_CHECKING:
 #: Keyword options of :func:`run` that describe a scene given as a file (:func:`scene_from_file`).
 FILE_OPTIONS = ("bands", "scale", "offset", "nodata", "acquired", "sensor", "series")
 #: Keyword options of :func:`run` that say how to run.
-RUN_OPTIONS = ("workers", "scheduler", "progress", "instances", "seams", "tile_size", "halo")
+RUN_OPTIONS = (
+    "workers",
+    "scheduler",
+    "one_model",
+    "progress",
+    "instances",
+    "seams",
+    "tile_size",
+    "halo",
+)
 #: Keyword options of :func:`run` and :func:`run_batch` that run on part of each scene: ``bbox``
 #: (west, south, east, north) in the scene's CRS, or in ``bbox_crs``.
 WINDOW_OPTIONS = ("bbox", "bbox_crs")
@@ -222,11 +231,17 @@ def _run_options(out: str | Path | None, options: dict[str, Any]) -> RunOptions:
         out=Path(out) if out is not None else RunOptions.out,
         workers=options.get("workers"),
         scheduler=options.get("scheduler"),
+        one_model=_optional_bool(options.get("one_model")),
         progress=bool(options.get("progress", False)),
         instances=bool(options.get("instances", False)),
         seams=bool(options.get("seams", False)),
         bbox=_bbox(options.get("bbox"), options.get("bbox_crs")),
     )
+
+
+def _optional_bool(value: Any) -> bool | None:
+    """``value`` as True, False or None (None: geoseg decides)."""
+    return None if value is None else bool(value)
 
 
 def _bbox(values: Sequence[float] | None, crs: str | None) -> BBox | None:

@@ -182,6 +182,7 @@ def _add_run(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="use an existing Dask cluster, e.g. tcp://10.0.0.5:8786, instead of a local one",
     )
+    _add_one_model(run)
     run.add_argument(
         "--instances",
         action="store_true",
@@ -246,7 +247,19 @@ def _add_monitor(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
     mon.add_argument(
         "--scheduler", metavar="ADDR", help="use an existing Dask cluster instead of a local one"
     )
+    _add_one_model(mon)
     mon.add_argument("--quiet", action="store_true", help="print only problems")
+
+
+def _add_one_model(parser: argparse.ArgumentParser) -> None:
+    """``--one-model``: one worker holds the model and the others read for it."""
+    parser.add_argument(
+        "--one-model",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one worker holds the model and runs every forward pass, in batches; the others "
+        "read and mask the tiles for it (default: on when the model runs on a CUDA GPU)",
+    )
 
 
 def _add_train(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
@@ -408,6 +421,13 @@ def _add_bench(sub: Any) -> None:
         help="forward-pass arithmetic, as a workflow's precision: auto is; bf16 needs "
         "--engine openvino (default: auto)",
     )
+    bench.add_argument(
+        "--one-model",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one worker holds the model and the others feed it; the model alone then runs in "
+        "one process, in the same batches (default: on when the model runs on a CUDA GPU)",
+    )
     bench.add_argument("--no-peer", action="store_true", help="skip TorchGeo's way")
     bench.add_argument(
         "--no-mask", action="store_true", help="skip the cloud mask alone (mask_only_s)"
@@ -448,6 +468,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         out=args.out,
         workers=args.workers,
         scheduler=args.scheduler,
+        one_model=args.one_model,
         progress=not args.quiet and sys.stderr.isatty(),
         instances=args.instances,
         seams=args.seams,
@@ -486,6 +507,7 @@ def _cmd_batch(args: argparse.Namespace, workflow: Any) -> int:
         out=args.out,
         workers=args.workers,
         scheduler=args.scheduler,
+        one_model=args.one_model,
         instances=args.instances,
         seams=args.seams,
         bbox=args.bbox,
@@ -523,6 +545,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
         out=args.out,
         workers=args.workers,
         scheduler=args.scheduler,
+        one_model=args.one_model,
         on_scene=heard,
     )
     if not args.quiet:
@@ -657,6 +680,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             mask=not args.no_mask,
             engine=args.engine,
             precision=args.precision,
+            one_model=args.one_model,
         )
     if args.part in ("all", "vectorize"):
         result |= bench_vectorize(args.size, workers, baseline=not args.no_baseline)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 import numpy as np
 from rasterio.windows import Window
@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 
 #: Each scene of a tile with the plan that masks it.
 Masks = tuple[tuple[MaskPlan, Scene], ...]
+#: A block's tile as read for the model: data, valid, read window, padding and mask (see
+#: :func:`read_tile`).
+Tile = tuple[np.ndarray, np.ndarray, Window, Padding, np.ndarray | None]
+#: A block's classes and confidence, and its tile's classes over the whole read window.
+TileResult = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def predict_tile(
@@ -67,12 +72,12 @@ def predict_batch(
     x = np.ascontiguousarray(data, dtype=np.float32)
     ok = np.ascontiguousarray(valid, dtype=bool)
     expected = (len(x), model.num_classes, h, w)
-    if isinstance(model, OpenVINOModel):
+    if not hasattr(model, "parameters"):  # arrays in, arrays out: OpenVINO, index models
         scores = model(x)
         _check_scores(model, scores.shape, expected)
         cls_np, conf_np = _to_classes(scores, ok)
     else:
-        cls_np, conf_np = _classify_torch(model, x, ok, expected)
+        cls_np, conf_np = _classify_torch(cast("SegmentationModel", model), x, ok, expected)
     if todo.size == n:
         return cls_np, conf_np
     classes[todo] = cls_np
@@ -114,9 +119,10 @@ def _classify_torch(
 ) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
+    from pipeline.models.device import device_of, to_device
+
     with torch.inference_mode():
-        device = next(model.parameters(), torch.empty(0)).device
-        xt = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
+        xt = to_device(x, device_of(model)).contiguous(memory_format=torch.channels_last)
         scores = model(xt)
         _check_scores(model, tuple(scores.shape), expected)
         if scores.device.type == "cpu":
@@ -136,7 +142,7 @@ def read_tile(
     block: Block,
     halo: int,
     masks: Masks = (),
-) -> tuple[np.ndarray, np.ndarray, Window, Padding, np.ndarray | None]:
+) -> Tile:
     """Read one block's tile (the block with its halo, reflect-padded at the grid's edges).
 
     With ``before``, its bands come first. Each scene is read straight into the middle of
@@ -191,18 +197,41 @@ def process_tiles(
     halo: int,
     batch_size: int | None = None,
     masks: Masks = (),
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+) -> list[TileResult]:
     """As :func:`process_blocks`, with each tile's classes over its whole read window too.
 
-    The window's classes (the block and the halo the tile saw on the grid) are what
-    ``seams.tif`` compares with the neighbouring blocks' own classes. Tiles of one shape go
-    through the network ``batch_size`` at a time (all at once when None). With ``masks``
-    (see :func:`read_tile`), masked pixels hold their mask value in the classes and
-    :data:`NODATA` in the confidence.
+    :func:`read_tiles` then :func:`classify_tiles`, in one process.
     """
-    tiles = [read_tile(model.bands, scene, before, grid, b, halo, masks) for b in group]
+    tiles = read_tiles(model.bands, scene, before, grid, group, halo, masks)
+    return classify_tiles(model, group, tiles, batch_size)
+
+
+def read_tiles(
+    bands: tuple[str, ...],
+    scene: Scene,
+    before: Scene | None,
+    grid: Grid,
+    group: tuple[Block, ...],
+    halo: int,
+    masks: Masks = (),
+) -> list[Tile]:
+    """Each block's tile of ``group``, read and masked (see :func:`read_tile`)."""
+    return [read_tile(bands, scene, before, grid, b, halo, masks) for b in group]
+
+
+def classify_tiles(
+    model: Model, group: tuple[Block, ...], tiles: list[Tile], batch_size: int | None = None
+) -> list[TileResult]:
+    """Classify the read ``tiles`` of ``group``'s blocks and crop each block out of its tile.
+
+    Returns each block's (classes, confidence) and its tile's classes over the whole read
+    window (the block and the halo the tile saw on the grid), which ``seams.tif`` compares
+    with the neighbouring blocks' own classes. Tiles of one shape go through the network
+    ``batch_size`` at a time (all at once when None). Masked pixels (see :func:`read_tile`)
+    hold their mask value in the classes and :data:`NODATA` in the confidence.
+    """
     empty = np.empty(0)
-    results: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [(empty, empty, empty)] * len(group)
+    results: list[TileResult] = [(empty, empty, empty)] * len(group)
     for members in _by_shape([t[0].shape for t in tiles], batch_size or len(group)):
         data = _batch([tiles[i][0] for i in members])
         valid = _batch([tiles[i][1] for i in members])

@@ -70,6 +70,8 @@ class RunRecord:
     resumed_blocks: int = 0
     #: The run's inputs in one digest (see :func:`pipeline.orchestrate.tiles.resume_key`).
     inputs_key: str = ""
+    #: Whether one worker held the model and the others fed it, and how (``model_layout``).
+    layout: dict[str, Any] | None = None
 
 
 def versions() -> dict[str, str]:
@@ -180,6 +182,7 @@ def run_summary(plan: RunPlan, record: RunRecord) -> dict[str, Any]:
         "execution": {
             "scheduler": record.scheduler or "local",
             "workers": record.workers,
+            "model_layout": record.layout,
             "tiles": len(plan.tiles),
             "resumed_blocks": record.resumed_blocks,
             "inputs_key": record.inputs_key,

@@ -138,6 +138,36 @@ def test_bench_model_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert r["run_peak_pss_mb"] >= r["worker_peak_pss_mb"] + r["client_peak_pss_mb"] * 0.5
 
 
+def test_bench_with_one_model_fed_by_the_other_workers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = write_random_unet(tmp_path / "u.ckpt", ("green", "red", "nir"), seed=3)
+    args = ["bench", "--part", "model", "--size", "640", "--workers", "2", "--one-model"]
+    args += ["--tile-size", "256", "--halo", "16", "--model", str(ckpt), "--json"]
+    assert main([*args, "--no-peer", "--no-mask"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["model_layout"]["one_model"] and r["model_layout"]["readers"] == 1
+    assert r["model_only_tiles"] == 9
+    mpx = r["model_only_input_mpx"]
+    assert r["model_only_mpx_per_s"] == pytest.approx(mpx / r["model_only_s"])
+    assert r["pipeline_mpx_per_s"] == pytest.approx(mpx / r["pipeline_s"])
+    assert r["tiles_mpx_per_s"] == pytest.approx(mpx / r["pipeline_times"]["tiles_s"])
+
+
+def test_model_alone_runs_in_the_hosts_batches() -> None:
+    from pipeline.bench.model import _rebatched
+
+    shapes = [(1, 3, 288, 288)] * 5 + [(1, 3, 160, 288)] * 2 + [(1, 3, 288, 288)]
+    assert _rebatched(shapes, 2) == [
+        (2, 3, 288, 288),
+        (2, 3, 288, 288),
+        (1, 3, 288, 288),
+        (2, 3, 160, 288),
+        (1, 3, 288, 288),
+    ]
+    assert _rebatched(shapes, 1) == shapes
+
+
 def test_bench_rejects_a_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     code = main(["bench", "--part", "model", "--model", str(tmp_path / "none.ckpt")])
     err = capsys.readouterr().err

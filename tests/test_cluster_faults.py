@@ -103,6 +103,37 @@ def test_worker_killed_mid_run_loses_nothing(catalog, reference, cluster, tmp_pa
     assert stderr == "", stderr
 
 
+def test_model_host_killed_mid_run_loses_nothing(catalog, reference, cluster, tmp_path):
+    """With one model fed by the other worker (``--one-model``), losing its host loses nothing."""
+    from distributed import Client
+
+    out = tmp_path / "out"
+    with Client(cluster.address, timeout="30s") as client:
+        client.get_task_stream()
+        pids = worker_pids(cluster.address)
+        run = _start_run(catalog, out, "--scheduler", cluster.address, "--one-model")
+        try:
+            _wait_for_blocks(out, run)
+            run.send_signal(signal.SIGSTOP)
+            host = min(pids)  # the run's host: the first worker by address (no GPU marked)
+            done_at_kill = _blocks_done(out)
+            os.kill(pids[host], signal.SIGKILL)
+            run.send_signal(signal.SIGCONT)
+            stdout, stderr = run.communicate(timeout=600)
+        finally:
+            _end(run)
+        hosts = {t["worker"] for t in client.get_task_stream() if _is_model_batch(t["key"])}
+
+    assert run.returncode == 0, stderr
+    assert 0 < done_at_kill < BLOCKS
+    assert host in hosts and len(hosts) >= 2  # batches went on elsewhere once it was gone
+    folder = out / "forest" / "synth"
+    assert_same_outputs(folder, reference)
+    summary = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    assert summary["execution"]["model_layout"]["model_host"] == host
+    assert stderr == "", stderr
+
+
 def test_scheduler_killed_mid_run_is_one_error_and_resumes(catalog, reference, cluster, tmp_path):
     out = tmp_path / "out"
     folder = out / "forest" / "synth"
@@ -256,3 +287,8 @@ def _rescheduled_block_tasks(client: Any) -> int:
 
 def _is_block(key: Any) -> bool:
     return isinstance(key, str) and key.startswith(BLOCK_TASKS)
+
+
+def _is_model_batch(key: Any) -> bool:
+    """A batch of the model's host (see pipeline.orchestrate.feeding)."""
+    return isinstance(key, str) and key.startswith("geoseg-model-")

@@ -170,37 +170,98 @@ def _load(workflow_json: str) -> Workflow:
 
 
 def _model_only_worker(
-    workflow_json: str, shapes: list[tuple[int, int, int, int]], start: Any, out: Any
+    workflow_json: str,
+    shapes: list[tuple[int, int, int, int]],
+    rebatch: bool,
+    start: Any,
+    out: Any,
 ) -> None:
+    """The forward passes of ``shapes``; with ``rebatch``, in the batches one model's host makes.
+
+    The model runs where a pipeline worker's would: on a CUDA GPU when torch has one.
+    """
     workflow = _load(workflow_json)
     if uses_openvino(workflow.model):
-        _model_only_openvino(workflow_json, shapes, start, out)
+        model: Any = _openvino_model(workflow_json)
+    else:
+        import torch
+
+        from pipeline.models import build_model
+
+        torch.set_num_threads(1)
+        model = build_model(workflow.model, workflow.classes)
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+    if rebatch:
+        from pipeline.models.device import fitting_batch
+
+        batch = fitting_batch(model, shapes[0][1:], getattr(workflow.model, "batch_size", 1))
+        shapes = _rebatched(shapes, batch)
+    if uses_openvino(workflow.model):
+        gen = np.random.default_rng(0)
+        arrays = {s: gen.random(s, dtype=np.float32) * 0.3 for s in set(shapes)}
+        _timed_passes(model, arrays, shapes, start, out)
         return
+    _model_only_torch(model, shapes, start, out)
+
+
+def _model_only_torch(
+    model: Any, shapes: list[tuple[int, int, int, int]], start: Any, out: Any
+) -> None:
     import torch
 
-    from pipeline.models import build_model
+    from pipeline.models.device import device_of
 
-    torch.set_num_threads(1)
-    model = build_model(workflow.model, workflow.classes)
     gen = torch.Generator().manual_seed(0)
     inputs = {
-        s: (torch.rand(s, generator=gen) * 0.3).contiguous(memory_format=torch.channels_last)
+        s: (torch.rand(s, generator=gen) * 0.3)
+        .to(device_of(model))
+        .contiguous(memory_format=torch.channels_last)
         for s in set(shapes)
     }
     with torch.inference_mode():
         _timed_passes(model, inputs, shapes, start, out)
 
 
+def _rebatched(
+    shapes: list[tuple[int, int, int, int]], batch: int
+) -> list[tuple[int, int, int, int]]:
+    """Consecutive passes of one tile shape joined into passes of up to ``batch`` tiles."""
+    joined: list[tuple[int, int, int, int]] = []
+    for n, c, h, w in shapes:
+        if joined and joined[-1][1:] == (c, h, w) and joined[-1][0] + n <= batch:
+            joined[-1] = (joined[-1][0] + n, c, h, w)
+        else:
+            joined.append((n, c, h, w))
+    return joined
+
+
 def _timed_passes(
     model: Any, inputs: dict[Any, Any], shapes: list[Any], start: Any, out: Any
 ) -> None:
-    """Run every pass once the other processes are ready; report the time and peak memory."""
+    """Run every pass once the other processes are ready; report the time and peak memory.
+
+    On a GPU the clock stops when the device has finished, not when the last pass was queued.
+    """
     model(inputs[shapes[0]][:1, :, :64, :64])  # first-call set-up off the clock
     start.wait()
     t0 = time.perf_counter()
     for s in shapes:
         model(inputs[s])
+    _synchronize(model)
     out.put((time.perf_counter() - t0, peak_rss_mb()))
+
+
+def _synchronize(model: Any) -> None:
+    """Wait for a torch model's GPU to finish what was queued (nothing elsewhere)."""
+    if hasattr(model, "parameters"):
+        from pipeline.models.device import device_of
+
+        device = device_of(model)
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(device)
 
 
 def _openvino_model(workflow_json: str) -> Any:
@@ -211,15 +272,6 @@ def _openvino_model(workflow_json: str) -> Any:
     config = workflow.model
     folder = converted_folder(config, workflow.classes, _cache_of(workflow_json))  # type: ignore[arg-type]
     return OpenVINOModel(folder, config.precision, threads=1)  # type: ignore[union-attr]
-
-
-def _model_only_openvino(
-    workflow_json: str, shapes: list[tuple[int, int, int, int]], start: Any, out: Any
-) -> None:
-    model = _openvino_model(workflow_json)
-    gen = np.random.default_rng(0)
-    inputs = {s: gen.random(s, dtype=np.float32) * 0.3 for s in set(shapes)}
-    _timed_passes(model, inputs, shapes, start, out)
 
 
 def _cache_of(workflow_json: str) -> Path:
@@ -260,8 +312,14 @@ def balanced_shares(
     return shares
 
 
-def run_model_only(workflow_json: str, size: str, workers: str) -> dict[str, Any]:
-    """Forward passes alone over the pipeline's input tiles, in ``workers`` processes at once."""
+def run_model_only(
+    workflow_json: str, size: str, workers: str, one_model: str = "0"
+) -> dict[str, Any]:
+    """Forward passes alone over the pipeline's input tiles, in ``workers`` processes at once.
+
+    With ``one_model`` ("1"), in one process, in the batches the pipeline's model host makes
+    (see :mod:`pipeline.orchestrate.feeding`).
+    """
     from pipeline.inference import classification_tasks, tile_pixels
 
     workflow = _load(workflow_json)
@@ -278,12 +336,15 @@ def run_model_only(workflow_json: str, size: str, workers: str) -> dict[str, Any
         workflow.tile_size,
         getattr(workflow.model, "batch_size", 1),
     )
+    rebatch = one_model == "1"
+    processes = 1 if rebatch else int(workers)
     shares = [
         [(len(g), channels, g[0].height + 2 * halo, g[0].width + 2 * halo) for g in share]
-        for share in balanced_shares(groups, int(workers), lambda g: tile_pixels(g, halo))
+        for share in balanced_shares(groups, processes, lambda g: tile_pixels(g, halo))
         if share
     ]
-    results = _together(_model_only_worker, [(workflow_json, share) for share in shares])
+    args = [(workflow_json, share, rebatch) for share in shares]
+    results = _together(_model_only_worker, args)
     return {
         "model_only_s": max(r[0] for r in results),
         "model_only_peak_rss_mb": max(r[1] for r in results),
@@ -353,8 +414,13 @@ def run_mask_only(catalog: str, tile: str, workers: str) -> dict[str, Any]:
     }
 
 
-def run_pipeline(catalog: str, workflow_json: str, out: str, workers: str) -> dict[str, Any]:
-    """``geoseg run`` on the generated scene, on a cluster started off the clock."""
+def run_pipeline(
+    catalog: str, workflow_json: str, out: str, workers: str, one_model: str = "0"
+) -> dict[str, Any]:
+    """``geoseg run`` on the generated scene, on a cluster started off the clock.
+
+    With ``one_model`` ("1"), one worker holds the model and the others feed it.
+    """
     import pyogrio
 
     from pipeline.catalog import load_catalog
@@ -369,13 +435,14 @@ def run_pipeline(catalog: str, workflow_json: str, out: str, workers: str) -> di
     else:
         import segmentation_models_pytorch  # noqa: F401
 
-    with MemorySampler() as memory, dask_client(int(workers), None) as client:
+    fed = one_model == "1"
+    with MemorySampler() as memory, dask_client(int(workers), None, fed) as client:
         startup = time.perf_counter() - t0
         address = client.scheduler.address
         result = run(
             workflow,
             load_catalog(catalog).scene("bench"),
-            options=RunOptions(out=Path(out), scheduler=address, progress=False),
+            options=RunOptions(out=Path(out), scheduler=address, progress=False, one_model=fed),
             catalog=catalog,
         )
         worker_rss = client.run(peak_rss_mb)
@@ -388,6 +455,7 @@ def run_pipeline(catalog: str, workflow_json: str, out: str, workers: str) -> di
         "pipeline_raster_s": times["plan_s"] + times["tiles_s"] + times["cog_s"],
         "startup_s": startup + setup,
         "times": times,
+        "model_layout": result.summary["execution"]["model_layout"],
         "polygons": int(pyogrio.read_info(str(gpkg), layer="bench")["features"]),
         "client_peak_rss_mb": peak_rss_mb(),
         "worker_peak_rss_mb": max(worker_rss.values()),
@@ -494,10 +562,13 @@ def bench_model(
     engine: str = "auto",
     precision: str = "auto",
     mask: bool = True,
+    one_model: bool | None = None,
 ) -> dict[str, Any]:
     """Generate a ``size``² scene and measure model only, pipeline, peer and tile parity on it.
 
     ``tile`` defaults to :func:`default_tile` of ``engine``; ``mask`` adds the mask alone.
+    ``one_model``: one worker holds the model and the others feed it, and the model alone
+    runs in one process in the same batches (default: when the model runs on a GPU).
     """
     if engine == "openvino":
         # Before a scene is generated: a large one takes minutes.
@@ -528,8 +599,11 @@ def bench_model(
         generate_s = time.perf_counter() - t0
         catalog = _write_catalog(folder, scene, bands)
         convert_s = chosen["convert_s"]
-        alone = in_subprocess(step + "run_model_only", wf, str(size), n)
-        pipe = in_subprocess(step + "run_pipeline", str(catalog), wf, str(folder / "out"), n)
+        fed = chosen["device"] == "cuda" if one_model is None else one_model
+        one = "1" if fed else "0"
+        alone = in_subprocess(step + "run_model_only", wf, str(size), n, one)
+        out = str(folder / "out")
+        pipe = in_subprocess(step + "run_pipeline", str(catalog), wf, out, n, one)
         result: dict[str, Any] = {
             "size": size,
             "workers": workers,
@@ -550,6 +624,10 @@ def bench_model(
             "pipeline_raster_s": pipe["pipeline_raster_s"],
             "startup_s": pipe["startup_s"],
             "overhead_ratio": pipe["pipeline_s"] / alone["model_only_s"],
+            "model_layout": pipe["model_layout"],
+            "model_only_mpx_per_s": alone["input_mpx"] / alone["model_only_s"],
+            "pipeline_mpx_per_s": alone["input_mpx"] / pipe["pipeline_s"],
+            "tiles_mpx_per_s": alone["input_mpx"] / pipe["times"]["tiles_s"],
             "pipeline_polygons": pipe["polygons"],
             "pipeline_times": pipe["times"],
             "peak_rss_mb": max(pipe["client_peak_rss_mb"], pipe["worker_peak_rss_mb"]),
@@ -603,7 +681,8 @@ def describe(result: dict[str, Any]) -> str:
         if isinstance(value, float):
             lines.append(f"{key:32} {value:.3f}")
         elif isinstance(value, dict):
-            lines.append(f"{key:32} {json.dumps({k: round(v, 2) for k, v in value.items()})}")
+            shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in value.items()}
+            lines.append(f"{key:32} {json.dumps(shown)}")
         else:
             lines.append(f"{key:32} {value}")
     return "\n".join(lines)

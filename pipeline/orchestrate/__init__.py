@@ -40,6 +40,7 @@ from pipeline.orchestrate.cluster import (
     release_memory,
     worker_threads,
 )
+from pipeline.orchestrate.feeding import uses_one_model
 from pipeline.orchestrate.finish import EarlyWork, lower_thread_priority, publish
 from pipeline.orchestrate.polygons import labels_folder, vectorize_on_cluster
 from pipeline.orchestrate.tiles import WorkingRasters, classify_blocks, resume_key
@@ -166,13 +167,13 @@ def _run_on_cluster(
         # model it loads the polygon stage's kernels and reads the preview's scene; while
         # they polygonize, it composes the preview and then renders it.
         ThreadPoolExecutor(1, thread_name_prefix="geoseg-client") as pool,
-        _cluster(options, shared) as (client, plugin),
+        _cluster(options, shared, uses_one_model(options, plan.engine)) as (client, plugin),
     ):
         times["cluster_start_s"] = time.perf_counter() - t0
         workers = len(worker_threads(client))
         early = EarlyWork.start(pool, plan)
         try:
-            counts = classify_blocks(client, plan, rasters, cache, options, times, plugin)
+            counts, feed = classify_blocks(client, plan, rasters, cache, options, times, plugin)
         finally:
             rasters.close()
         check_masked(plan, counts)
@@ -180,16 +181,21 @@ def _run_on_cluster(
             client, pool, plan, rasters, early, counts, staging, options, times
         )
     resumed = int(times.pop("resumed_blocks", 0))
-    return RunRecord(counts, tally, times, created, options.scheduler, workers, resumed, cache.key)
+    layout = {"one_model": feed is not None} | (feed.to_dict() if feed else {})
+    return RunRecord(
+        counts, tally, times, created, options.scheduler, workers, resumed, cache.key, layout
+    )
 
 
 @contextmanager
-def _cluster(options: RunOptions, shared: SharedCluster | None) -> Iterator[tuple[Any, str | None]]:
+def _cluster(
+    options: RunOptions, shared: SharedCluster | None, one_model: bool
+) -> Iterator[tuple[Any, str | None]]:
     """The shared cluster and its model's plugin, or a cluster of the run's own and None."""
     if shared is not None:
         yield shared.client, shared.plugin
         return
-    with dask_client(options.workers, options.scheduler) as client:
+    with dask_client(options.workers, options.scheduler, one_model) as client:
         yield client, None
 
 

@@ -37,6 +37,7 @@ from pipeline.orchestrate.cluster import (
     scheduler_gone,
     scheduler_lost,
 )
+from pipeline.orchestrate.feeding import uses_one_model
 from pipeline.orchestrate.tiles import resume_key
 from pipeline.planning import (
     RunPlan,
@@ -146,10 +147,11 @@ class Batch:
             if self.model is None:
                 self.model = planned_model(self.workflow, self.options)
             opts = self.options
-            client = stack.enter_context(dask_client(opts.workers, opts.scheduler))
+            resolved, engine = resolve_engine(self.workflow, default_cache(opts.out))
+            one_model = uses_one_model(opts, engine)
+            client = stack.enter_context(dask_client(opts.workers, opts.scheduler, one_model))
             converted = getattr(self.model, "folder", None)
-            resolved, _ = resolve_engine(self.workflow, default_cache(opts.out))
-            plugin = register_model(client, resolved, converted, opts.out)
+            plugin = register_model(client, resolved, converted, opts.out, lazy=one_model)
             self._shared = SharedCluster(client, plugin, self.model)
             self._pool = stack.enter_context(
                 ThreadPoolExecutor(self.in_flight, thread_name_prefix="geoseg-scene")

@@ -55,11 +55,19 @@ class RunOptions:
     instances: bool = False  # also write instances.tif (each pixel's polygon instance_id)
     seams: bool = False  # also write seams.tif (where overlapping tiles disagree)
     bbox: BBox | None = None  # run on this part of each scene only (--bbox)
+    #: One worker holds the model, the others read its tiles (see :mod:`.feeding`); None:
+    #: when the model runs on a GPU.
+    one_model: bool | None = None
 
 
 @contextmanager
-def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
+def dask_client(
+    workers: int | None, scheduler: str | None, one_model: bool = False
+) -> Iterator[Any]:
     """A distributed client: on ``scheduler`` if given, else on a LocalCluster of processes.
+
+    With ``one_model`` (see :mod:`.feeding`) the local scheduler steals no work: a batch
+    stolen from the model's host would build a second model on a reader.
 
     A scheduler that goes away while the client is in use ends the block with a
     :class:`~pipeline.errors.ClusterLostError` (Dask cancels every task in flight; a worker
@@ -94,8 +102,9 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     # threshold: every large tensor of a forward pass is then mapped afresh, page faults and
     # all (18 % slower at 832²). Workers keep glibc's own adaptive thresholds instead.
     no_trim = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+    stealing = {"distributed.scheduler.work-stealing": not one_model}
     with (
-        dask.config.set(no_trim | QUIET_MONITORS),
+        dask.config.set(no_trim | QUIET_MONITORS | stealing),
         LocalCluster(
             n_workers=n,
             threads_per_worker=1,
@@ -200,7 +209,9 @@ class ModelPlugin(WorkerPlugin):
     compiled at their first use, for the worker's one thread, OpenVINO keeping their compiled
     form in ``cache``. A model fitted to a scene (its ``calibration``, which tasks carry) is
     built from the configuration on the worker the first time a task asks for it: index
-    models, the only ones fitted, cost nothing to build.
+    models, the only ones fitted, cost nothing to build. A ``lazy`` plugin builds its model
+    only where a task first asks for it: with one model fed by the other workers (see
+    :mod:`~.feeding`), the workers that only read never hold it.
     """
 
     #: Calibrated models a worker keeps: a batch's scenes one after another.
@@ -212,11 +223,13 @@ class ModelPlugin(WorkerPlugin):
         classes: tuple[ClassDef, ...],
         converted: str | None = None,
         cache: str | None = None,
+        lazy: bool = False,
     ) -> None:
         self.config = config
         self.classes = classes
         self.converted = converted
         self.cache = cache
+        self.lazy = lazy
         self.model: SegmentationModel | OpenVINOModel | None = None
         self._fitted: dict[str, SegmentationModel | OpenVINOModel] = {}
 
@@ -230,7 +243,8 @@ class ModelPlugin(WorkerPlugin):
         from pipeline import inference, vectorize
         from pipeline.masking import network
 
-        self.model = self._build({})
+        if not self.lazy:
+            self.model = self._build({})
         masks = Path(self.cache) / "openvino" / "masks" if self.cache else None
         network.configure(threads=1, cache_dir=masks)
         inference.warm_up()
@@ -238,7 +252,8 @@ class ModelPlugin(WorkerPlugin):
 
     def model_for(self, calibration: Mapping[str, Any] | None) -> SegmentationModel | OpenVINOModel:
         """The model, fitted to ``calibration`` when a scene's model is (see :meth:`setup`)."""
-        assert self.model is not None, "model plugin was not set up"
+        if self.model is None:
+            self.model = self._build({})
         if not calibration:
             return self.model
         key = json.dumps(dict(calibration), sort_keys=True)
@@ -281,18 +296,21 @@ class SharedCluster:
     model: Any
 
 
-def register_model(client: Any, workflow: Workflow, converted: Path | None, out: Path) -> str:
+def register_model(
+    client: Any, workflow: Workflow, converted: Path | None, out: Path, lazy: bool = False
+) -> str:
     """Build ``workflow``'s model on every worker of ``client`` (see :class:`ModelPlugin`).
 
-    Returns the plugin's name, which tasks use to find the model and
-    :func:`unregister_model` to let it go.
+    ``lazy``: only where a task first asks for it. Returns the plugin's name, which tasks
+    use to find the model and :func:`unregister_model` to let it go.
     """
-    name = plugin_name(workflow)
+    name = plugin_name(workflow) + ("-lazy" if lazy else "")
     plugin = ModelPlugin(
         workflow.model,
         workflow.classes,
         str(converted) if converted else None,
         str(default_cache(out).resolve()),
+        lazy,
     )
     client.register_plugin(plugin, name=name)
     return name

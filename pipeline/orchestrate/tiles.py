@@ -34,6 +34,7 @@ from pipeline.orchestrate.cluster import (
     unregister_model,
     worker_threads,
 )
+from pipeline.orchestrate.feeding import FeedPlan, fed_blocks, plan_feed, uses_one_model
 from pipeline.planning import RunPlan
 from pipeline.publish import BlockCache, BlockRaster, Staging
 from pipeline.remote import is_remote, remote_fingerprint
@@ -127,8 +128,11 @@ def classify_blocks(
     options: RunOptions,
     times: dict[str, float],
     plugin: str | None = None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, FeedPlan | None]:
     """Classify every block of the plan, writing each as it arrives; return class counts.
+
+    Also returns who held the model and who fed it, when one worker held it for all (see
+    :mod:`.feeding`).
 
     Blocks a killed earlier run of the same configuration finished come from ``cache``;
     every block finished now is added to it before it is written. With ``seams.tif`` asked
@@ -153,12 +157,20 @@ def classify_blocks(
     todo = [block for block in plan.tiles if not _resumed(block, cache, put)]
     times["resumed_blocks"] = len(plan.tiles) - len(todo)
     t0 = time.perf_counter()
-    name = plugin or register_model(client, plan.workflow, plan.converted, options.out)
+    one_model = uses_one_model(options, plan.engine)
+    name = plugin or register_model(
+        client, plan.workflow, plan.converted, options.out, lazy=one_model
+    )
+    feed = plan_feed(client, plan, name, todo) if one_model and todo else None
     times["model_setup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     arrived = 0
     try:
-        for block, classes, confidence, window in _classified(client, plan, name, todo, options):
+        if feed is not None:
+            classified = fed_blocks(client, plan, name, todo, options, feed)
+        else:
+            classified = _classified(client, plan, name, todo, options)
+        for block, classes, confidence, window in classified:
             cache.put(block, classes, confidence)
             put(block, classes, confidence, window)
             arrived += 1
@@ -168,7 +180,7 @@ def classify_blocks(
         if plugin is None:
             unregister_model(client, name)
     times["tiles_s"] = time.perf_counter() - t0
-    return counts
+    return counts, feed
 
 
 def _resumed(block: Block, cache: BlockCache, put: Any) -> bool:

@@ -24,9 +24,10 @@ from pipeline.stitch import NODATA, crop_block, reflect_borders, tile_buffers, w
 
 if TYPE_CHECKING:
     from pipeline.models.base import SegmentationModel
+    from pipeline.models.indices import IndexModel
 
     #: What classifies tiles: a torch module, or a network OpenVINO runs (no torch needed).
-    Model = SegmentationModel | OpenVINOModel
+    Model = SegmentationModel | OpenVINOModel | IndexModel
 
 #: Each scene of a tile with the plan that masks it.
 Masks = tuple[tuple[MaskPlan, Scene], ...]

@@ -42,9 +42,12 @@ from pipeline.workflow import (
 if TYPE_CHECKING:
     from pipeline.inference import Masks
     from pipeline.models import SegmentationModel
+    from pipeline.models.indices import IndexModel
 
-    #: What :func:`plan` learns of a model: the torch model, or a converted network's info.
-    ModelInfo = SegmentationModel | NetworkInfo
+    #: A model a run can use as built: an index model (numpy) or a network (torch).
+    Runnable = IndexModel | SegmentationModel
+    #: What :func:`plan` learns of a model: the model, or a converted network's info.
+    ModelInfo = Runnable | NetworkInfo
 
 #: Edge of the central sample whose values :func:`check_scene_against_card` checks.
 _SAMPLE_PX = 512
@@ -222,7 +225,10 @@ def bbox_window(grid: Grid, bbox: BBox, scene: Scene) -> Block:
 
 
 def build_planned_model(workflow: Workflow, cache: Path | None) -> ModelInfo:
-    """The workflow's model (or converted network's description), its classes checked."""
+    """The workflow's model (or converted network's description), its classes checked.
+
+    An index model is built in numpy: planning an index workflow never imports torch.
+    """
     model: ModelInfo
     config = workflow.model
     if uses_openvino(config):
@@ -233,9 +239,9 @@ def build_planned_model(workflow: Workflow, cache: Path | None) -> ModelInfo:
         )
         model = NetworkInfo.load(folder)
     else:
-        from pipeline.models import build_model
+        from pipeline.models import build_runnable
 
-        model = build_model(config, workflow.classes)
+        model = build_runnable(config, workflow.classes)
     if model.num_classes != len(workflow.classes):
         raise ModelError(
             f"workflow {workflow.name!r} lists {len(workflow.classes)} classes but model "
@@ -262,17 +268,18 @@ def check_dates(workflow: Workflow, model: ModelInfo, scene: Scene, before: Scen
 
 def fit_to_scenes(
     workflow: Workflow,
-    model: SegmentationModel,
+    model: Runnable,
     scene: Scene,
     before: Scene | None,
     grid: Grid,
-) -> SegmentationModel:
+) -> Runnable:
     """Check a sample of the scenes against the model's value ranges, then calibrate on it.
 
-    Returns the model built with what its :meth:`~SegmentationModel.calibrate` fitted to the
-    sample (:func:`~pipeline.reading.sample_pixels`), or the model itself if nothing was.
+    Returns the model built with what its :meth:`~pipeline.models.spec.ModelSpec.calibrate`
+    fitted to the sample (:func:`~pipeline.reading.sample_pixels`), or the model itself if
+    nothing was.
     """
-    from pipeline.models import build_model
+    from pipeline.models import build_runnable
 
     scenes = [before, scene] if before is not None else [scene]
     samples = sample_pixels(scenes, model.bands, grid)
@@ -288,10 +295,10 @@ def fit_to_scenes(
     calibration = model.calibrate(samples, pixel_size_m(grid))
     if not calibration:
         return model
-    return build_model(workflow.model, workflow.classes, calibration)
+    return build_runnable(workflow.model, workflow.classes, calibration)
 
 
-def check_value_range(model: SegmentationModel, scene: Scene, sample: np.ndarray) -> None:
+def check_value_range(model: Runnable, scene: Scene, sample: np.ndarray) -> None:
     """Raise :class:`ModelError` when a band's sample mostly lies outside the model's range.
 
     The model expects reflectance, say; a file of digital numbers or display values without

@@ -5,15 +5,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from scipy.special import softmax
 
 from pipeline.errors import GeosegError, ModelError
-from pipeline.models import SegmentationModel, build_model
+from pipeline.models import SegmentationModel, build_model, build_runnable
+from pipeline.models.build import build_index_model
 from pipeline.models.indices import (
     BurnedAreaModel,
     FireSeverityModel,
     ForestIFZModel,
     ForestIndexModel,
+    IndexModel,
     MiningBareGroundModel,
     darker_component,
 )
@@ -32,19 +34,17 @@ SHIPPED = {
 }
 
 
-def _build(name: str, **params: float | list[float]) -> SegmentationModel:
-    return build_model(IndexModelConfig(kind="index", name=name, params=params))
+def _build(name: str, **params: float | list[float]) -> IndexModel:
+    return build_index_model(IndexModelConfig(kind="index", name=name, params=params))
 
 
-def _run(model: SegmentationModel, channels: list[np.ndarray]) -> torch.Tensor:
+def _run(model: IndexModel, channels: list[np.ndarray]) -> np.ndarray:
     """Stack 1-D per-channel arrays into a [1, C, 1, P] input and return the model's scores."""
-    x = np.stack([np.asarray(c, dtype=np.float32) for c in channels])[None, :, None, :]
-    with torch.no_grad():
-        return model(torch.from_numpy(x))
+    return model(np.stack([np.asarray(c, dtype=np.float32) for c in channels])[None, :, None, :])
 
 
-def _classes(model: SegmentationModel, channels: list[np.ndarray]) -> np.ndarray:
-    return _run(model, channels).argmax(dim=1)[0, 0].numpy()
+def _classes(model: IndexModel, channels: list[np.ndarray]) -> np.ndarray:
+    return _run(model, channels).argmax(axis=1)[0, 0]
 
 
 def _nd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -70,8 +70,7 @@ def test_build_model_from_config(name: str) -> None:
     cls, bands, needs_before, k = SHIPPED[name]
     model = _build(name)
     assert type(model) is cls
-    assert isinstance(model, SegmentationModel)
-    assert not model.training
+    assert isinstance(model, IndexModel)
     assert model.model_id == name
     assert model.bands == bands
     assert model.needs_before is needs_before
@@ -82,22 +81,41 @@ def test_build_model_from_config(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_output_shape(name: str) -> None:
     model = _build(name)
-    x = torch.rand(3, model.in_channels, 5, 7) * 0.5 + 0.01
-    with torch.no_grad():
-        out = model(x)
-    assert tuple(out.shape) == (3, model.num_classes, 5, 7)
-    assert out.dtype == torch.float32
-    assert torch.isfinite(out).all()
+    x = np.random.default_rng(0).random((3, model.in_channels, 5, 7), np.float32) * 0.5 + 0.01
+    out = model(x)
+    assert out.shape == (3, model.num_classes, 5, 7)
+    assert out.dtype == np.float32
+    assert np.isfinite(out).all()
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
-def test_output_shape_channels_last(name: str) -> None:
+def test_channels_last_input_gives_the_same_scores(name: str) -> None:
     model = _build(name)
-    x = (torch.rand(1, model.in_channels, 4, 6) * 0.5 + 0.01).contiguous(
-        memory_format=torch.channels_last
+    x = np.random.default_rng(1).random((2, model.in_channels, 4, 6), np.float32) * 0.5 + 0.01
+    # The same values laid out channels-last, as a torch caller's tensor often is.
+    last = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    np.testing.assert_array_equal(model(last), model(x))
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_torch_module_gives_the_index_models_scores(name: str) -> None:
+    import torch
+
+    config = IndexModelConfig(kind="index", name=name)
+    module, index = build_model(config), build_index_model(config)
+    assert isinstance(module, SegmentationModel) and not module.training
+    assert (module.bands, module.num_classes, module.needs_before, module.model_id) == (
+        index.bands,
+        index.num_classes,
+        index.needs_before,
+        index.model_id,
     )
-    with torch.no_grad():
-        assert tuple(model(x).shape) == (1, model.num_classes, 4, 6)
+    x = np.random.default_rng(2).random((2, index.in_channels, 5, 7), np.float32) * 0.5 + 0.01
+    tensor = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        scores = module(tensor)
+    assert scores.dtype == torch.float32
+    np.testing.assert_array_equal(scores.numpy(), index(x))
 
 
 @pytest.mark.parametrize(
@@ -135,12 +153,11 @@ def test_output_shape_channels_last(name: str) -> None:
     ],
 )
 def test_build_model_from_shipped_workflow(
-    workflow: str, cls: type[SegmentationModel], attrs: dict[str, object]
+    workflow: str, cls: type[IndexModel], attrs: dict[str, object]
 ) -> None:
     wf = load_workflow(str(WORKFLOWS / f"{workflow}.yaml"))
-    model = build_model(wf.model)
+    model = build_runnable(wf.model)
     assert type(model) is cls
-    assert not model.training
     assert model.num_classes == len(wf.classes)
     for key, value in attrs.items():
         assert getattr(model, key) == pytest.approx(value)
@@ -159,7 +176,7 @@ def test_params_override_defaults() -> None:
 @pytest.mark.parametrize("shape_delta", [-1, 1])
 def test_wrong_channel_count_raises_value_error(name: str, shape_delta: int) -> None:
     model = _build(name)
-    x = torch.rand(1, model.in_channels + shape_delta, 4, 4) + 0.01
+    x = np.full((1, model.in_channels + shape_delta, 4, 4), 0.1, np.float32)
     with pytest.raises(ValueError, match=rf"expects \[N, {model.in_channels}, H, W\]"):
         model(x)
 
@@ -168,7 +185,7 @@ def test_wrong_channel_count_raises_value_error(name: str, shape_delta: int) -> 
 def test_three_dimensional_input_raises_value_error(name: str) -> None:
     model = _build(name)
     with pytest.raises(ValueError, match="expects"):
-        model(torch.rand(model.in_channels, 4, 4) + 0.01)
+        model(np.full((model.in_channels, 4, 4), 0.1, np.float32))
 
 
 def test_unknown_model_name() -> None:
@@ -266,7 +283,7 @@ def test_forest_confidence_grows_away_from_threshold() -> None:
     # NDVI 0.01 to 0.07 above its threshold, SWIR far below its own.
     ndvi = np.array([0.56, 0.58, 0.60, 0.62])
     red, nir = _red_nir_for_ndvi(ndvi, np.full(4, 0.03))
-    prob = torch.softmax(_run(model, [red, nir, np.full(4, 0.005)]), dim=1)[0, 1, 0].numpy()
+    prob = softmax(_run(model, [red, nir, np.full(4, 0.005)]), axis=1)[0, 1, 0]
     assert np.all(np.diff(prob) > 0)
     assert prob[0] > 0.5 and prob[-1] < 0.99
 
@@ -331,7 +348,7 @@ def test_fire_probabilities() -> None:
     model = _build("fire-dnbr", boundaries=list(KEY_BENSON), softness=softness)
     d = np.linspace(-0.5, 0.9, 57)
     inputs = _fire_inputs(d, 0.3)
-    logits = _run(model, inputs)[0, :, 0].numpy().astype(np.float64)  # [7, P]
+    logits = _run(model, inputs)[0, :, 0].astype(np.float64)  # [7, P]
     soft = np.exp(logits - logits.max(axis=0))
     soft /= soft.sum(axis=0)
     np.testing.assert_allclose(soft.sum(axis=0), 1.0, atol=1e-9)
@@ -353,8 +370,7 @@ def test_fire_dnbr_matches_independent_nbr() -> None:
     assert isinstance(model, FireSeverityModel)
     rng = np.random.default_rng(3)
     x = rng.uniform(0.02, 0.6, size=(2, 4, 3, 5)).astype(np.float32)
-    with torch.no_grad():
-        got = model.dnbr(torch.from_numpy(x)).numpy()
+    got = model.dnbr(x)
     expected = _nd(x[:, 0], x[:, 1]) - _nd(x[:, 2], x[:, 3])
     np.testing.assert_allclose(got[:, 0], expected, atol=1e-5)
 
@@ -435,10 +451,9 @@ def test_mining_keeps_a_buffer_of_the_grid_pixels_from_water() -> None:
     # A row of 20 pixels: water in the new scene at pixel 0, bare new ground everywhere else.
     before = np.array([VEGETATED] * 20).T
     after = np.array([WATER] + [BARE] * 19).T
-    x = torch.from_numpy(np.concatenate([before, after]).astype(np.float32)[None, :, None, :])
-    with torch.no_grad():
-        near = buffered(x).argmax(dim=1)[0, 0].numpy()
-        plain = model(x).argmax(dim=1)[0, 0].numpy()
+    x = np.concatenate([before, after]).astype(np.float32)[None, :, None, :]
+    near = buffered(x).argmax(axis=1)[0, 0]
+    plain = model(x).argmax(axis=1)[0, 0]
     assert plain.tolist() == [0] + [1] * 19
     assert near.tolist() == [0] * 6 + [1] * 14  # within 5 pixels of the water: not mining
 
@@ -554,8 +569,7 @@ def test_burned_area_calibrates_the_scenes_offsets_and_pixel_size() -> None:
 def test_burned_area_fills_gaps_vetoes_brightening_and_classes_severity() -> None:
     x, disc, field, gap = _fire_scene()
     model = _build("fire-burned-dnbr", pixel_w_m=20.0, pixel_h_m=20.0)
-    with torch.no_grad():
-        classes = model(torch.from_numpy(x)).argmax(dim=1)[0].numpy()
+    classes = model(x).argmax(axis=1)[0]
     inside = disc & ~gap
     assert (classes[inside & (np.abs(np.mgrid[0:60, 0:60][0] - 25) < 12)] == 6).all()  # high
     assert (classes[gap] >= 3).all()  # closed over: burned, at its own (low) severity
@@ -569,10 +583,8 @@ def test_burned_area_fills_gaps_vetoes_brightening_and_classes_severity() -> Non
     assert (classes[~reach] == 2).all()
     # Without the veto the field would burn.
     no_veto = _build("fire-burned-dnbr", pixel_w_m=20.0, pixel_h_m=20.0, red_veto=100.0)
-    with torch.no_grad():
-        assert (no_veto(torch.from_numpy(x)).argmax(dim=1)[0].numpy()[field] >= 3).all()
+    assert (no_veto(x).argmax(axis=1)[0][field] >= 3).all()
     # No-data pixels (zeros in every band) are never burned.
     x[:, :, 20:30, 20:30] = 0.0
-    with torch.no_grad():
-        hole = model(torch.from_numpy(x)).argmax(dim=1)[0].numpy()[20:30, 20:30]
+    hole = model(x).argmax(axis=1)[0][20:30, 20:30]
     assert (hole <= 2).all()

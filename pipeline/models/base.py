@@ -1,81 +1,62 @@
-"""The model interface every segmentation model of geoseg implements."""
+"""The torch interface of geoseg's segmentation models, and numpy models behind it.
+
+What a model declares (bands, dates, classes, value range, calibration) is
+:class:`~pipeline.models.spec.ModelSpec`, which imports no torch; this module adds the torch
+module around it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-#: Reflectance a model of reflectance expects, per band: below it a value is noise or an
-#: offset error, above it a value is rarely reflectance (fresh snow and bright cloud top out
-#: about 1.2 at the top of the atmosphere).
-REFLECTANCE_RANGE = (-0.1, 1.2)
+from pipeline.models.spec import REFLECTANCE_RANGE, Calibration, ModelSpec
 
-#: What :meth:`SegmentationModel.calibrate` returns: parameter name → value(s).
-Calibration = dict[str, float | list[float]]
+if TYPE_CHECKING:
+    from pipeline.models.indices import IndexModel
 
 
-class SegmentationModel(nn.Module):
-    """A torch module mapping band stacks to per-pixel class scores.
+class SegmentationModel(ModelSpec, nn.Module):
+    """A torch module mapping band stacks to per-pixel class scores (see :class:`ModelSpec`).
 
-    Input: float32 ``[N, C, H, W]`` reflectance of the bands in :attr:`bands`, in that order;
-    when :attr:`needs_before` is True (or :attr:`accepts_before` and a pre-event scene is
-    given), ``C = 2 * len(bands)`` with the pre-event scene's bands first, then the scene's
-    own. Output: ``[N, K, H, W]`` unnormalised scores (logits) for the ``K = num_classes``
-    classes; :mod:`pipeline.inference` turns them into classes and confidence with a softmax,
-    so a model that computes probabilities returns their logarithm.
+    ``forward`` takes the float32 ``[N, C, H, W]`` tensor and returns the ``[N, K, H, W]``
+    scores.
     """
 
-    #: Band common names the model reads, in input order.
-    bands: tuple[str, ...] = ()
-    #: Whether the model also needs a pre-event scene (change detection).
-    needs_before: bool = False
-    #: Whether the model can take a pre-event scene without needing one (a change it maps
-    #: only when given one, such as forest loss).
-    accepts_before: bool = False
-    #: Number of classes K in the output.
-    num_classes: int = 0
-    #: Short identifier written into outputs (``model`` field).
-    model_id: str = "unnamed"
-    #: Values each band should mostly take after the catalog's scale and offset (band → low,
-    #: high); a scene whose values mostly fall outside is refused before any tile runs.
-    value_range: Mapping[str, tuple[float, float]] = MappingProxyType({})
-    #: What :meth:`calibrate` fitted to the scenes of this run (empty when nothing was).
-    calibration: Mapping[str, float | list[float]] = MappingProxyType({})
 
-    @property
-    def in_channels(self) -> int:
-        """Channels the model expects: the bands, twice when a pre-event scene is needed."""
-        return len(self.bands) * (2 if self.needs_before else 1)
+class IndexModule(SegmentationModel):
+    """An index model (numpy) as a torch module, for callers that hold tensors.
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise ValueError unless ``x`` is [N, in_channels, H, W] (or two dates' worth)."""
-        allowed = {self.in_channels}
-        if self.accepts_before:
-            allowed.add(2 * len(self.bands))
-        if x.ndim != 4 or x.shape[1] not in allowed:
-            raise ValueError(
-                f"model {self.model_id!r} expects [N, {self.in_channels}, H, W], "
-                f"got {list(x.shape)}"
-            )
+    The formulas stay the index model's: the tensor goes to numpy, the scores come back on
+    the tensor's device. Runs themselves use the index model directly, without torch.
+    """
+
+    def __init__(self, model: IndexModel) -> None:
+        super().__init__()
+        self.index = model
+        self.bands, self.num_classes, self.model_id = model.bands, model.num_classes, model.model_id
+        self.needs_before, self.accepts_before = model.needs_before, model.accepts_before
+        self.value_range, self.calibration = model.value_range, model.calibration
 
     @property
     def context_px(self) -> int:
-        """Pixels of context a tile needs around its block (a run's halo is at least this)."""
-        return 0
+        """The index model's context (see :attr:`ModelSpec.context_px`)."""
+        return self.index.context_px
 
     def calibrate(
         self, samples: Sequence[np.ndarray], pixel_m: tuple[float, float] = (0.0, 0.0)
     ) -> Calibration:
-        """Parameters fitted to the scenes a run is about to classify; none by default.
+        """The index model's calibration (see :meth:`ModelSpec.calibrate`)."""
+        return self.index.calibrate(samples, pixel_m)
 
-        ``samples`` holds a sample of each scene's pixels, float32 reflectance ``[len(bands),
-        N]`` without no-data, the pre-event scene's first when there is one; ``pixel_m`` is
-        the grid's pixel width and height in metres. What this returns is passed to the
-        model's constructor with the workflow's own parameters, so every block of the scene
-        is classified with the same values.
-        """
-        return {}
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the index model's ``[N, K, H, W]`` scores of ``x``."""
+        scores = self.index(x.detach().cpu().numpy())
+        return torch.from_numpy(scores).to(x.device)
+
+
+__all__ = ["REFLECTANCE_RANGE", "Calibration", "IndexModule", "SegmentationModel"]

@@ -1,9 +1,14 @@
-"""Spectral-index models: one per workflow, built on TorchGeo's index transforms.
+"""Spectral-index models: one per workflow, numpy arrays in, class scores out, no torch.
 
 Each model thresholds one or more normalized-difference indices. Hard thresholds are softened
 with logistic ramps of width ``softness`` so that the model returns graded class scores (the
 confidence raster then shows how close each pixel is to a threshold) while the arg-max class is
 exactly the thresholded one.
+
+The models are plain numpy (float32, as the tiles): planning an index workflow, and the
+workers that run one, never import torch. :func:`~pipeline.models.build.build_model` puts
+one behind the torch interface (:class:`~pipeline.models.base.IndexModule`) for callers that
+hold tensors, with the same formulas.
 """
 
 from __future__ import annotations
@@ -12,29 +17,68 @@ from collections.abc import Sequence
 from types import MappingProxyType
 
 import numpy as np
-import torch
-from torchgeo.transforms import AppendNBR, AppendNDBI, AppendNDSI, AppendNDVI
 
-from pipeline.models.base import REFLECTANCE_RANGE, Calibration, SegmentationModel
+from pipeline.models.spec import REFLECTANCE_RANGE, Calibration, ModelSpec
 
-_EPS = 1e-6
+_EPS = np.float32(1e-6)
+#: What TorchGeo's index transforms add to a normalized difference's denominator.
+_ND_EPS = np.float32(1e-10)
+
+#: A float32 array of [N, 1, H, W] (one value a pixel) or [N, K, H, W] (scores).
+Array = np.ndarray
 
 
-def _ramp(x: torch.Tensor, threshold: float, softness: float) -> torch.Tensor:
+class IndexModel(ModelSpec):
+    """A spectral-index model: float32 ``[N, C, H, W]`` in, ``[N, K, H, W]`` scores out.
+
+    See :class:`~pipeline.models.spec.ModelSpec` for the input and output; subclasses write
+    :meth:`scores`.
+    """
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The scores of ``x`` (float32), after checking its shape."""
+        self.check_input(x)
+        return self.scores(np.asarray(x, dtype=np.float32))
+
+    def scores(self, x: Array) -> Array:
+        """Return the ``[N, K, H, W]`` float32 scores of a checked float32 input."""
+        raise NotImplementedError
+
+
+def _nd(x: Array, a: int, b: int) -> Array:
+    """Normalized difference of channels ``a`` and ``b``, (A − B) / (A + B), as [N, 1, H, W].
+
+    The formula of TorchGeo's ``AppendNormalizedDifferenceIndex`` (its epsilon included).
+    """
+    band_a, band_b = x[:, a : a + 1], x[:, b : b + 1]
+    return (band_a - band_b) / (band_a + band_b + _ND_EPS)
+
+
+def _ramp(x: Array, threshold: float, softness: float) -> Array:
     """Probability-like ramp: 0.5 at ``threshold``, rising with ``x``."""
-    return torch.sigmoid((x - threshold) / softness)
+    from scipy.special import expit
+
+    return expit((x - np.float32(threshold)) / np.float32(softness))
 
 
-def _log(p: torch.Tensor) -> torch.Tensor:
-    return torch.log(p.clamp_min(_EPS))
+def _log(p: Array) -> Array:
+    return np.log(np.maximum(p, _EPS))
 
 
-def _last(x: torch.Tensor) -> torch.Tensor:
-    """The channel an ``Append*`` transform just added, as [N, 1, H, W]."""
-    return x[:, -1:, :, :]
+def _minimum(first: Array, *others: Array) -> Array:
+    """Element-wise minimum of all the arrays."""
+    out = first
+    for other in others:
+        out = np.minimum(out, other)
+    return out
 
 
-class ForestIndexModel(SegmentationModel):
+def _log_scores(*probabilities: Array) -> Array:
+    """[N, K, H, W] scores: the logarithm of each class's [N, 1, H, W] probability."""
+    return np.concatenate([_log(p) for p in probabilities], axis=1)
+
+
+class ForestIndexModel(IndexModel):
     """Forest where NDVI is high and short-wave infrared is low.
 
     Canopy is green (high NDVI) and, unlike grass and crops of the same greenness, dark in
@@ -51,24 +95,21 @@ class ForestIndexModel(SegmentationModel):
     def __init__(
         self, ndvi_min: float = 0.55, swir16_max: float = 0.15, softness: float = 0.02
     ) -> None:
-        super().__init__()
         self.ndvi_min, self.swir16_max, self.softness = ndvi_min, swir16_max, softness
-        self.ndvi = AppendNDVI(index_nir=1, index_red=0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return [N, 2, H, W] log-probabilities of (other, forest)."""
-        self.check_input(x)
-        ndvi = _last(self.ndvi(x))
+    def scores(self, x: Array) -> Array:
+        """Log-probabilities of (other, forest)."""
+        ndvi = _nd(x, 1, 0)
         swir = x[:, 2:3]
         # The minimum, not the product: p > 0.5 exactly where both thresholds are met.
-        p = torch.minimum(
+        p = np.minimum(
             _ramp(ndvi, self.ndvi_min, self.softness),
             _ramp(-swir, -self.swir16_max, self.softness),
         )
-        return torch.cat([_log(1 - p), _log(p)], dim=1)
+        return _log_scores(1 - p, p)
 
 
-class ForestIFZModel(SegmentationModel):
+class ForestIFZModel(IndexModel):
     """Forest by the integrated forest z-score (IFZ), and forest loss when given an earlier date.
 
     Huang et al. (2008, Remote Sensing of Environment 112, 970–985) and their Vegetation
@@ -112,13 +153,10 @@ class ForestIFZModel(SegmentationModel):
         before_forest_mean: Sequence[float] = (),
         before_forest_std: Sequence[float] = (),
     ) -> None:
-        super().__init__()
         self.ndvi_min, self.ifz_max, self.loss_ndmi_drop = ndvi_min, ifz_max, loss_ndmi_drop
         self.softness, self.ifz_softness = softness, ifz_softness
         self.forest = _stats(forest_mean, forest_std)
         self.before_forest = _stats(before_forest_mean, before_forest_std)
-        self.ndvi = AppendNDVI(index_nir=1, index_red=0)
-        self.ndbi = AppendNDBI(index_swir=2, index_nir=1)
 
     def calibrate(
         self, samples: Sequence[np.ndarray], pixel_m: tuple[float, float] = (0.0, 0.0)
@@ -144,39 +182,34 @@ class ForestIFZModel(SegmentationModel):
         picked = np.stack([red[vegetated][dark], swir[vegetated][dark]])
         return picked.mean(axis=1).tolist(), np.maximum(picked.std(axis=1), 1e-4).tolist()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return [N, 3, H, W] log-probabilities of (other, forest, forest loss)."""
-        self.check_input(x)
+    def scores(self, x: Array) -> Array:
+        """Log-probabilities of (other, forest, forest loss)."""
         n = len(self.bands)
         after = x[:, -n:]
         p_after = self._forest_probability(after, self.forest)
         if x.shape[1] == n:
-            p_loss = torch.zeros_like(p_after)
+            p_loss = np.zeros_like(p_after)
         else:
             before = x[:, :n]
             p_before = self._forest_probability(before, self.before_forest)
-            drop = _last(self.ndbi(after)) - _last(self.ndbi(before))  # NDMI = −NDBI
-            p_loss = torch.minimum(
-                torch.minimum(p_before, 1 - p_after),
-                _ramp(drop, self.loss_ndmi_drop, self.softness),
+            drop = _nd(after, 2, 1) - _nd(before, 2, 1)  # NDMI drop = NDBI rise
+            p_loss = _minimum(
+                p_before, 1 - p_after, _ramp(drop, self.loss_ndmi_drop, self.softness)
             )
         # Minima, so that the arg-max is exactly the rule: loss where all its tests hold, then
         # forest or other by the forest test.
         kept = 1 - p_loss
-        scores = [torch.minimum(kept, 1 - p_after), torch.minimum(kept, p_after), p_loss]
-        return torch.cat([_log(p) for p in scores], dim=1)
+        return _log_scores(np.minimum(kept, 1 - p_after), np.minimum(kept, p_after), p_loss)
 
-    def _forest_probability(
-        self, x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None
-    ) -> torch.Tensor:
+    def _forest_probability(self, x: Array, stats: tuple[Array, Array] | None) -> Array:
         """[N, 1, H, W]: above 0.5 exactly where vegetated and the IFZ is at most ``ifz_max``."""
         if stats is None:  # a scene without forest to calibrate on has none
-            return torch.zeros_like(x[:, :1])
+            return np.zeros_like(x[:, :1])
         mean, std = stats
-        z = (x[:, [0, 2]] - mean.to(x)) / std.to(x)
-        ifz = torch.sqrt((z * z).mean(dim=1, keepdim=True))
-        return torch.minimum(
-            _ramp(_last(self.ndvi(x)), self.ndvi_min, self.softness),
+        z = (x[:, [0, 2]] - mean) / std
+        ifz = np.sqrt((z * z).mean(axis=1, keepdims=True))
+        return np.minimum(
+            _ramp(_nd(x, 1, 0), self.ndvi_min, self.softness),
             _ramp(-ifz, -self.ifz_max, self.ifz_softness),
         )
 
@@ -188,28 +221,30 @@ def _pixels(metres: float, pixel_m: tuple[float, float]) -> int:
     return int(np.ceil(metres / min(pixel_m)))
 
 
-def _within(mask: torch.Tensor, metres: float, pixel_m: tuple[float, float]) -> torch.Tensor:
+def _within(mask: Array, metres: float, pixel_m: tuple[float, float]) -> Array:
     """[N, 1, H, W]: True within ``metres`` (Euclidean) of a True pixel of ``mask``."""
     from scipy import ndimage
 
     sampling = (pixel_m[1], pixel_m[0])  # rows, then columns
-    near = np.stack(
+    return np.stack(
         [
             [ndimage.distance_transform_edt(~m, sampling=sampling) <= metres if m.any() else m]
-            for m in mask.cpu().numpy()[:, 0]
+            for m in mask[:, 0]
         ]
     )
-    return torch.from_numpy(near).to(mask.device)
 
 
-def _stats(mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Calibrated (mean, std) of (red, SWIR16) as [1, 2, 1, 1] tensors; None if not calibrated."""
+def _stats(mean: Sequence[float], std: Sequence[float]) -> tuple[Array, Array] | None:
+    """Calibrated (mean, std) of (red, SWIR16) as float32 [1, 2, 1, 1]; None if not calibrated."""
     if len(mean) == 0:
         return None
     if len(mean) != 2 or len(std) != 2 or min(std) <= 0:
         raise ValueError("forest statistics need two means and two positive standard deviations")
     shape = (1, 2, 1, 1)
-    return torch.tensor(mean).reshape(shape), torch.tensor(std).reshape(shape)
+    return (
+        np.asarray(mean, dtype=np.float32).reshape(shape),
+        np.asarray(std, dtype=np.float32).reshape(shape),
+    )
 
 
 def darker_component(values: np.ndarray, iterations: int = 200) -> np.ndarray:
@@ -248,7 +283,7 @@ def _posterior(x: np.ndarray, share: np.ndarray, mu: np.ndarray, sd: np.ndarray)
     return density[:, 0] / np.maximum(density.sum(axis=1), 1e-300)
 
 
-class FireSeverityModel(SegmentationModel):
+class FireSeverityModel(IndexModel):
     """Burn severity from dNBR (pre-fire NBR minus post-fire NBR), classed after Key and Benson.
 
     The USGS FIREMON classes, from ``boundaries`` (dNBR, ascending): 0 enhanced regrowth (high),
@@ -269,40 +304,36 @@ class FireSeverityModel(SegmentationModel):
         boundaries: Sequence[float] = (-0.25, -0.1, 0.1, 0.27, 0.44, 0.66),
         softness: float = 0.02,
     ) -> None:
-        super().__init__()
         bounds = [float(b) for b in boundaries]
         if len(bounds) != self.num_classes - 1 or bounds != sorted(bounds):
             raise ValueError(
                 f"boundaries must be {self.num_classes - 1} ascending dNBR values, got {bounds}"
             )
         self.boundaries, self.softness = bounds, softness
-        self.nbr_before = AppendNBR(index_nir=0, index_swir=1)
-        self.nbr_after = AppendNBR(index_nir=2, index_swir=3)
 
-    def dnbr(self, x: torch.Tensor) -> torch.Tensor:
-        """DNBR as [N, 1, H, W]."""
-        self.check_input(x)
-        before = _last(self.nbr_before(x))
-        after = _last(self.nbr_after(x))
-        return before - after
+    def dnbr(self, x: Array) -> Array:
+        """DNBR of a checked input as [N, 1, H, W]: the NBR before minus the NBR after."""
+        return _nd(x, 0, 1) - _nd(x, 2, 3)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return [N, 7, H, W] scores of the severity classes."""
+    def scores(self, x: Array) -> Array:
+        """Scores of the severity classes."""
         return self.interval_scores(self.dnbr(x))
 
-    def interval_scores(self, d: torch.Tensor) -> torch.Tensor:
+    def interval_scores(self, d: Array) -> Array:
         """[N, 7, H, W]: minus each pixel's dNBR ``d`` distance to each class's interval."""
         inf = float("inf")
         lows = [-inf, *self.boundaries]
         highs = [*self.boundaries, inf]
+        zero, softness = np.float32(0), np.float32(self.softness)
         scores = [
-            -(torch.relu(low - d) + torch.relu(d - high)) / self.softness
+            -(np.maximum(np.float32(low) - d, zero) + np.maximum(d - np.float32(high), zero))
+            / softness
             for low, high in zip(lows, highs, strict=True)
         ]
-        return torch.cat(scores, dim=1)
+        return np.concatenate(scores, axis=1)
 
 
-class BurnedAreaModel(SegmentationModel):
+class BurnedAreaModel(IndexModel):
     """Burned area decided on the scene as a whole, its severity classed after Key and Benson.
 
     The burned/unburned decision, chosen leave-one-fire-out on the nine CAL FIRE fires of
@@ -346,7 +377,6 @@ class BurnedAreaModel(SegmentationModel):
         pixel_w_m: float = 0.0,
         pixel_h_m: float = 0.0,
     ) -> None:
-        super().__init__()
         self.severity = FireSeverityModel(boundaries, softness)
         self.burn_threshold, self.red_veto = burn_threshold, red_veto
         self.smoothing_m, self.closing_m, self.softness = smoothing_m, closing_m, softness
@@ -374,26 +404,26 @@ class BurnedAreaModel(SegmentationModel):
             "pixel_h_m": float(pixel_m[1]),
         }
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return [N, 7, H, W] scores: Key and Benson classes, burned ones only where burned."""
-        self.check_input(x)
+    def scores(self, x: Array) -> Array:
+        """Key and Benson classes' scores, burned ones only where the scene burned."""
         n = len(self.bands)
         before, after = x[:, :n], x[:, n:]
         # The reader gives no-data as zeros in every band.
-        valid = (before != 0).any(dim=1, keepdim=True) & (after != 0).any(dim=1, keepdim=True)
-        dnbr = _nbr_t(before) - _nbr_t(after) - self.dnbr_median
-        smooth = _gaussian(torch.where(valid, dnbr, 0.0), valid, self.smoothing_m, self.pixel_m)
-        red = torch.log(after[:, :1].clamp_min(1e-4) / before[:, :1].clamp_min(1e-4))
-        candidate = valid & (smooth > self.burn_threshold)
-        candidate &= (red - self.red_log_median) < self.red_veto
+        valid = (before != 0).any(axis=1, keepdims=True) & (after != 0).any(axis=1, keepdims=True)
+        dnbr = _nbr_date(before) - _nbr_date(after) - np.float32(self.dnbr_median)
+        smooth = _gaussian(np.where(valid, dnbr, 0), valid, self.smoothing_m, self.pixel_m)
+        floor = np.float32(1e-4)
+        red = np.log(np.maximum(after[:, :1], floor) / np.maximum(before[:, :1], floor))
+        candidate = valid & (smooth > np.float32(self.burn_threshold))
+        candidate &= (red - np.float32(self.red_log_median)) < np.float32(self.red_veto)
         burned = _closing(candidate, self.closing_m, self.pixel_m) & valid
         scores = self.severity.interval_scores(dnbr)
         # A class on the wrong side of the burned decision is out of reach, however close its
         # dNBR interval: 40 units below the best class on the right side.
-        value = torch.arange(self.num_classes, device=x.device).reshape(1, -1, 1, 1)
-        wrong = torch.where(burned, value < self.FIRST_BURNED, value >= self.FIRST_BURNED)
-        best = torch.where(wrong, -torch.inf, scores).amax(dim=1, keepdim=True)
-        return torch.where(wrong, best - 40.0, scores)
+        value = np.arange(self.num_classes).reshape(1, -1, 1, 1)
+        wrong = np.where(burned, value < self.FIRST_BURNED, value >= self.FIRST_BURNED)
+        best = np.where(wrong, -np.inf, scores).max(axis=1, keepdims=True)
+        return np.where(wrong, best - np.float32(40), scores).astype(np.float32, copy=False)
 
 
 def _nbr(nir: np.ndarray, swir22: np.ndarray) -> np.ndarray:
@@ -404,37 +434,33 @@ def _log_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(a, 1e-4) / np.maximum(b, 1e-4))
 
 
-def _nbr_t(x: torch.Tensor) -> torch.Tensor:
+def _nbr_date(x: Array) -> Array:
     """NBR of a [N, (red, nir, swir22), H, W] date, 0 where both bands are 0."""
     nir, swir = x[:, 1:2], x[:, 2:3]
-    return (nir - swir) / (nir + swir).clamp_min(_EPS)
+    return (nir - swir) / np.maximum(nir + swir, _EPS)
 
 
-def _gaussian(
-    values: torch.Tensor, valid: torch.Tensor, sigma_m: float, pixel_m: tuple[float, float]
-) -> torch.Tensor:
+def _gaussian(values: Array, valid: Array, sigma_m: float, pixel_m: tuple[float, float]) -> Array:
     """``values`` smoothed by a Gaussian of ``sigma_m`` metres, normalised over ``valid``."""
+    from scipy import ndimage
+
     if sigma_m <= 0 or min(pixel_m) <= 0:
         return values
-    weight = valid.to(values.dtype)
-    num, den = values * weight, weight
+    num = values * valid
+    den = valid.astype(values.dtype)
     for axis, size in ((3, pixel_m[0]), (2, pixel_m[1])):
         sigma = sigma_m / size
         radius = int(np.ceil(3 * sigma))
-        taps = torch.arange(-radius, radius + 1, dtype=values.dtype, device=values.device)
-        kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-        kernel = (kernel / kernel.sum()).reshape((1, 1, -1, 1) if axis == 2 else (1, 1, 1, -1))
-        pad = (0, 0, radius, radius) if axis == 2 else (radius, radius, 0, 0)
-        num = torch.nn.functional.conv2d(
-            torch.nn.functional.pad(num, pad, mode="replicate"), kernel
-        )
-        den = torch.nn.functional.conv2d(
-            torch.nn.functional.pad(den, pad, mode="replicate"), kernel
-        )
-    return torch.where(valid, num / den.clamp_min(1e-6), 0.0)
+        taps = np.arange(-radius, radius + 1, dtype=np.float32)
+        kernel = np.exp(np.float32(-0.5) * (taps / np.float32(sigma)) ** 2)
+        kernel /= kernel.sum()
+        # "nearest": the edge value repeated, as a replicate padding.
+        num = ndimage.correlate1d(num, kernel, axis=axis, mode="nearest")
+        den = ndimage.correlate1d(den, kernel, axis=axis, mode="nearest")
+    return np.where(valid, num / np.maximum(den, np.float32(1e-6)), np.float32(0))
 
 
-def _closing(mask: torch.Tensor, radius_m: float, pixel_m: tuple[float, float]) -> torch.Tensor:
+def _closing(mask: Array, radius_m: float, pixel_m: tuple[float, float]) -> Array:
     """Morphological closing of ``mask`` by a disk of ``radius_m`` metres (Euclidean)."""
     if radius_m <= 0 or min(pixel_m) <= 0:
         return mask
@@ -442,7 +468,7 @@ def _closing(mask: torch.Tensor, radius_m: float, pixel_m: tuple[float, float]) 
     return ~_within(~grown, radius_m, pixel_m)
 
 
-class MiningBareGroundModel(SegmentationModel):
+class MiningBareGroundModel(IndexModel):
     """New bare ground: vegetated before, bare soil or rock now, away from water.
 
     Open-pit and alluvial mining strips vegetation and exposes soil and rock, which is bright
@@ -477,14 +503,10 @@ class MiningBareGroundModel(SegmentationModel):
         pixel_w_m: float = 0.0,
         pixel_h_m: float = 0.0,
     ) -> None:
-        super().__init__()
         self.ndvi_before_min, self.ndvi_after_max = ndvi_before_min, ndvi_after_max
         self.ndbi_after_min, self.ndbi_before_max = ndbi_after_min, ndbi_before_max
         self.mndwi_max, self.water_buffer_m = mndwi_max, water_buffer_m
         self.softness, self.pixel_m = softness, (pixel_w_m, pixel_h_m)
-        self.ndvi = AppendNDVI(index_nir=2, index_red=1)
-        self.ndbi = AppendNDBI(index_swir=3, index_nir=2)
-        self.mndwi = AppendNDSI(index_green=0, index_swir=3)  # the same ratio as snow's NDSI
 
     @property
     def context_px(self) -> int:
@@ -497,29 +519,34 @@ class MiningBareGroundModel(SegmentationModel):
         """The grid's pixel size, which the water buffer is measured in."""
         return {"pixel_w_m": float(pixel_m[0]), "pixel_h_m": float(pixel_m[1])}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return [N, 2, H, W] log-probabilities of (other, new bare ground)."""
-        self.check_input(x)
+    def scores(self, x: Array) -> Array:
+        """Log-probabilities of (other, new bare ground)."""
         n = len(self.bands)
         before, after = x[:, :n], x[:, n:]
         s = self.softness
-        tests = [
-            _ramp(_last(self.ndvi(before)), self.ndvi_before_min, s),
-            _ramp(-_last(self.ndvi(after)), -self.ndvi_after_max, s),
-            _ramp(_last(self.ndbi(after)), self.ndbi_after_min, s),
-            _ramp(-_last(self.ndbi(before)), -self.ndbi_before_max, s),
-        ]
-        wet = [_last(self.mndwi(date)) for date in (before, after)]
-        tests += [_ramp(-w, -self.mndwi_max, s) for w in wet]
-        water = (wet[0] > self.mndwi_max) | (wet[1] > self.mndwi_max)
-        tests.append(1 - self._near(water).to(x.dtype))
-        # The minimum, not the product: p > 0.5 exactly where every test holds.
-        p = tests[0]
-        for t in tests[1:]:
-            p = torch.minimum(p, t)
-        return torch.cat([_log(1 - p), _log(p)], dim=1)
 
-    def _near(self, water: torch.Tensor) -> torch.Tensor:
+        def ndvi(date: Array) -> Array:
+            return _nd(date, 2, 1)
+
+        def ndbi(date: Array) -> Array:
+            return _nd(date, 3, 2)
+
+        tests = [
+            _ramp(ndvi(before), self.ndvi_before_min, s),
+            _ramp(-ndvi(after), -self.ndvi_after_max, s),
+            _ramp(ndbi(after), self.ndbi_after_min, s),
+            _ramp(-ndbi(before), -self.ndbi_before_max, s),
+        ]
+        wet = [_nd(date, 0, 3) for date in (before, after)]  # MNDWI: green against SWIR16
+        tests += [_ramp(-w, -self.mndwi_max, s) for w in wet]
+        wet_above = np.float32(self.mndwi_max)
+        water = (wet[0] > wet_above) | (wet[1] > wet_above)
+        tests.append(1 - self._near(water).astype(np.float32))
+        # The minimum, not the product: p > 0.5 exactly where every test holds.
+        p = _minimum(*tests)
+        return _log_scores(1 - p, p)
+
+    def _near(self, water: Array) -> Array:
         """[N, 1, H, W]: True within ``water_buffer_m`` of a water pixel (Euclidean, in metres).
 
         Without the grid's pixel size (an uncalibrated model) only water itself.
@@ -530,7 +557,7 @@ class MiningBareGroundModel(SegmentationModel):
 
 
 #: Index models by the name a workflow's ``model.name`` uses.
-INDEX_MODELS: dict[str, type[SegmentationModel]] = {
+INDEX_MODELS: dict[str, type[IndexModel]] = {
     "forest-ifz": ForestIFZModel,
     "forest-ndvi-swir": ForestIndexModel,
     "fire-burned-dnbr": BurnedAreaModel,
@@ -544,6 +571,7 @@ __all__ = [
     "FireSeverityModel",
     "ForestIFZModel",
     "ForestIndexModel",
-    "darker_component",
+    "IndexModel",
     "MiningBareGroundModel",
+    "darker_component",
 ]

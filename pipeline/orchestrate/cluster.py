@@ -22,11 +22,10 @@ from pipeline.errors import ClusterLostError, ConfigError, GeosegError
 from pipeline.grid import BBox
 from pipeline.planning import DEFAULT_OUT, default_cache
 from pipeline.reading import gdal_cache_setting
-from pipeline.workflow import ClassDef, ModelConfig, Workflow
+from pipeline.workflow import ClassDef, IndexModelConfig, ModelConfig, Workflow
 
 if TYPE_CHECKING:
-    from pipeline.models import SegmentationModel
-    from pipeline.models.engines import OpenVINOModel
+    from pipeline.inference import Model
 
 #: Dask settings of the local cluster's processes: its monitors sample less often. A worker
 #: has one core, and the default sampling slowed a one-thread forward pass by 4–6 %
@@ -230,8 +229,8 @@ class ModelPlugin(WorkerPlugin):
         self.converted = converted
         self.cache = cache
         self.lazy = lazy
-        self.model: SegmentationModel | OpenVINOModel | None = None
-        self._fitted: dict[str, SegmentationModel | OpenVINOModel] = {}
+        self.model: Model | None = None
+        self._fitted: dict[str, Model] = {}
 
     def setup(self, worker: Any) -> None:
         """Build the model in the worker process, with one thread; on a GPU if torch has one.
@@ -250,7 +249,7 @@ class ModelPlugin(WorkerPlugin):
         inference.warm_up()
         vectorize.warm_up()
 
-    def model_for(self, calibration: Mapping[str, Any] | None) -> SegmentationModel | OpenVINOModel:
+    def model_for(self, calibration: Mapping[str, Any] | None) -> Model:
         """The model, fitted to ``calibration`` when a scene's model is (see :meth:`setup`)."""
         if self.model is None:
             self.model = self._build({})
@@ -263,12 +262,17 @@ class ModelPlugin(WorkerPlugin):
             self._fitted[key] = self._build(calibration)
         return self._fitted[key]
 
-    def _build(self, calibration: Mapping[str, Any]) -> SegmentationModel | OpenVINOModel:
+    def _build(self, calibration: Mapping[str, Any]) -> Model:
         if self.converted is not None:
             from pipeline.models.engines import OpenVINOModel
 
             precision = getattr(self.config, "precision", "f32")
             return OpenVINOModel(Path(self.converted), precision, threads=1)
+        if isinstance(self.config, IndexModelConfig):
+            from pipeline.models.build import build_index_model
+
+            # numpy: the workers of an index workflow never import torch
+            return build_index_model(self.config, calibration)
         import torch
 
         from pipeline.models import build_model

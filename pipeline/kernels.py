@@ -1027,6 +1027,122 @@ def polygon_wkb(
     return out, offsets
 
 
+@numba.njit(cache=True)
+def polygon_wkb_part(
+    coords: np.ndarray,
+    ring_offsets: np.ndarray,
+    poly_offsets: np.ndarray,
+    transform: np.ndarray,
+    p: int,
+    lo: int,
+    hi: int,
+) -> np.ndarray:
+    """Bytes ``lo:hi`` of polygon ``p``'s WKB as :func:`polygon_wkb` writes it.
+
+    A polygon of millions of vertices is written a part at a time into one growing ``bytes``
+    object, never held twice (whole array, then its copy as ``bytes``).
+    """
+    out = np.empty(hi - lo, dtype=np.uint8)
+    u32 = np.empty(1, dtype=np.uint32)
+    u32_bytes = u32.view(np.uint8)
+    xy = np.empty(2, dtype=np.float64)
+    xy_bytes = xy.view(np.uint8)
+    a, b, c = transform[0], transform[1], transform[2]
+    d, e, f = transform[3], transform[4], transform[5]
+    head = np.empty(9, dtype=np.uint8)
+    head[0] = 1  # little-endian
+    u32[0] = 3  # Polygon
+    head[1:5] = u32_bytes
+    u32[0] = poly_offsets[p + 1] - poly_offsets[p]
+    head[5:9] = u32_bytes
+    for j in range(max(lo, 0), min(hi, 9)):
+        out[j - lo] = head[j]
+    k = 9  # byte position in the polygon's WKB
+    for r in range(poly_offsets[p], poly_offsets[p + 1]):
+        if k >= hi:
+            break
+        n = ring_offsets[r + 1] - ring_offsets[r]
+        if k + 4 + 16 * n <= lo:  # the whole ring lies before the part
+            k += 4 + 16 * n
+            continue
+        u32[0] = n
+        for j in range(4):
+            if lo <= k + j < hi:
+                out[k + j - lo] = u32_bytes[j]
+        k += 4
+        first = max(0, (lo - k) // 16)
+        last = min(n, (hi - k + 15) // 16)
+        for i in range(first, last):
+            col = np.float64(coords[ring_offsets[r] + i, 0])
+            row = np.float64(coords[ring_offsets[r] + i, 1])
+            xy[0] = a * col + c
+            xy[1] = d * col + f
+            if b != 0.0:
+                xy[0] += b * row
+            if e != 0.0:
+                xy[1] += e * row
+            at = k + 16 * i
+            for j in range(16):
+                if lo <= at + j < hi:
+                    out[at + j - lo] = xy_bytes[j]
+        k += 16 * n
+    return out
+
+
+@numba.njit(cache=True)
+def polygon_measures(
+    coords: np.ndarray,
+    ring_offsets: np.ndarray,
+    poly_offsets: np.ndarray,
+    transform: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Planar area and perimeter of polygons given in pixel corners, in the grid's CRS units.
+
+    The inputs are :func:`polygon_wkb`'s, and each vertex is placed as it places it; then
+    area and length are summed as GEOS sums them (per ring, the shoelace shifted by the first
+    x; the exterior's area less each hole's; lengths of the segments in ring order), so the
+    results equal ``shapely.area`` and ``shapely.length`` of those polygons bit for bit,
+    without building them.
+    """
+    n_polys = poly_offsets.shape[0] - 1
+    area = np.zeros(n_polys, dtype=np.float64)
+    length = np.zeros(n_polys, dtype=np.float64)
+    a, b, c = transform[0], transform[1], transform[2]
+    d, e, f = transform[3], transform[4], transform[5]
+    for p in range(n_polys):
+        for r in range(poly_offsets[p], poly_offsets[p + 1]):
+            lo = ring_offsets[r]
+            hi = ring_offsets[r + 1]
+            total = 0.0
+            perimeter = 0.0
+            x0 = 0.0
+            x_prev = y_prev = y_prev2 = 0.0
+            for i in range(lo, hi):
+                col = np.float64(coords[i, 0])
+                row = np.float64(coords[i, 1])
+                x = a * col + c
+                y = d * col + f
+                if b != 0.0:
+                    x += b * row
+                if e != 0.0:
+                    y += e * row
+                if i == lo:
+                    x0 = x
+                else:
+                    dx = x - x_prev
+                    dy = y - y_prev
+                    perimeter += np.sqrt(dx * dx + dy * dy)
+                    if i >= lo + 2:  # the previous vertex's term: its x, its neighbours' y
+                        total += (x_prev - x0) * (y_prev2 - y)
+                y_prev2 = y_prev
+                x_prev = x
+                y_prev = y
+            ring_area = abs(total / 2.0) if hi - lo >= 3 else 0.0
+            area[p] += ring_area if r == poly_offsets[p] else -ring_area
+            length[p] += perimeter
+    return area, length
+
+
 def compile_all() -> None:
     """Compile every kernel a run's workers and client use, into numba's on-disk cache.
 

@@ -354,12 +354,20 @@ def _wkb(geometry: np.ndarray) -> np.ndarray:
     return shapely.to_wkb(geometry)
 
 
+#: WKB a :class:`PolygonWriter` gathers before it writes. Each write opens the GeoPackage,
+#: updates its spatial index row by row and commits: the 37 batches of a 10980² scene cost
+#: 1.2–1.8 s of CPU written one by one, 0.9–1.0 s in writes of this size.
+WRITE_BATCH_BYTES = 32 * 2**20
+
+
 class PolygonWriter:
     """A GeoPackage polygon layer written batch by batch, so no run holds all its polygons.
 
-    The first batch creates the layer (GeoPackage :data:`GPKG_VERSION`, spatial index,
-    description); later ones are appended. :meth:`close` writes an empty layer if no batch
-    came, then ``style_qml`` (see :func:`category_style_qml`) as the layer's default style.
+    The first write creates the layer (GeoPackage :data:`GPKG_VERSION`, spatial index,
+    description); later ones are appended. Batches are gathered until they hold
+    :data:`WRITE_BATCH_BYTES` of WKB, and written together, in the order they came.
+    :meth:`close` writes what is left (an empty layer if no batch came), then ``style_qml``
+    (see :func:`category_style_qml`) as the layer's default style.
     """
 
     def __init__(
@@ -372,14 +380,41 @@ class PolygonWriter:
     ) -> None:
         self.path, self.layer, self.crs_wkt = path, layer, crs_wkt
         self.description, self.style_qml = description, style_qml
+        #: Polygons appended so far (written, or waiting to be at the next write).
         self.count = 0
         self._created = False
+        self._pending: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+        self._pending_bytes = 0
 
     def append(self, geometry: np.ndarray, fields: dict[str, np.ndarray]) -> None:
-        """Write one batch of polygons in the layer's CRS and their fields.
+        """Add one batch of polygons in the layer's CRS and their fields.
 
-        ``geometry`` holds shapely objects or their WKB bytes (written as they are).
+        ``geometry`` holds shapely objects or their WKB bytes (written as they are). A batch
+        of :data:`WRITE_BATCH_BYTES` or more is written at once, alone, after those waiting.
         """
+        wkb = _wkb(geometry)
+        size = sum(len(g) for g in wkb)
+        if size >= WRITE_BATCH_BYTES:
+            self._flush()
+        self._pending.append((wkb, fields))
+        self._pending_bytes += size
+        self.count += len(wkb)
+        if self._pending_bytes >= WRITE_BATCH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the batches waiting, as one."""
+        if not self._pending:
+            return
+        batches, self._pending, self._pending_bytes = self._pending, [], 0
+        geometry = np.concatenate([wkb for wkb, _ in batches])
+        names = list(batches[0][1])
+        fields = {name: np.concatenate([f[name] for _, f in batches]) for name in names}
+        del batches
+        self._write(geometry, fields)
+
+    def _write(self, geometry: np.ndarray, fields: dict[str, np.ndarray]) -> None:
+        """Write WKB ``geometry`` and ``fields`` now: create the layer, or append to it."""
         if self._created and len(geometry) == 0:
             return
         options: dict[str, Any] = {"append": True}
@@ -395,7 +430,7 @@ class PolygonWriter:
 
         pyogrio.raw.write(
             str(self.path),
-            geometry=_wkb(geometry),
+            geometry=geometry,
             field_data=list(fields.values()),
             fields=list(fields),
             layer=self.layer,
@@ -405,12 +440,12 @@ class PolygonWriter:
             **options,
         )
         self._created = True
-        self.count += len(geometry)
 
     def close(self, empty_fields: dict[str, np.ndarray] | None = None) -> None:
-        """Finish the layer: create it empty (with ``empty_fields``) if nothing was written."""
+        """Write what waits and finish the layer: empty (with ``empty_fields``) if none came."""
+        self._flush()
         if not self._created:
-            self.append(np.empty(0, dtype=object), empty_fields or {})
+            self._write(np.empty(0, dtype=object), empty_fields or {})
         if self.style_qml is not None:
             write_layer_style(self.path, self.layer, self.style_qml, description=self.description)
 

@@ -27,6 +27,7 @@ becomes a polygon.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 
@@ -354,15 +355,23 @@ def merge_blocks(
     del parts  # a merged region can have millions of vertices: one copy at a time
     poly_group = group[label_of]
     joined = sizes[poly_group] > 1
-    # Written as WKB in the grid's CRS straight from the coordinate arrays, then parsed: this
-    # holds one copy of a region's vertices at a time, where building, transforming and
-    # encoding geometries holds several (a merged region can have millions of vertices).
+    # Written as WKB in the grid's CRS straight from the coordinate arrays: this holds one
+    # copy of a region's vertices at a time, where building, transforming and encoding
+    # geometries holds several (a merged region can have millions of vertices). Areas and
+    # perimeters come from the same arrays where no clean-up changes the shapes, so a stream
+    # of WKB never needs its shapes built at all.
+    unit = _planar_unit(grid) if cleanup.fill_holes_m2 <= 0 and cleanup.simplify_m <= 0 else None
     merged = np.empty(n_groups, dtype=object)  # WKB per region
+    area = np.zeros(n_groups)
+    perimeter = np.zeros(n_groups)
     single = np.flatnonzero(~joined)
     ragged = (coords, ring_offsets, poly_offsets)
     if single.size < len(poly_group):
         ragged = _take_polygons(coords, ring_offsets, poly_offsets, single)
-    merged[poly_group[single]] = _wkb_polygons(*ragged, grid)
+    at = poly_group[single]
+    merged[at] = _wkb_polygons(*ragged, grid)
+    if unit is not None:
+        area[at], perimeter[at] = _planar_measures(*ragged, grid, unit)
     del ragged
     crossing = np.flatnonzero(sizes > 1)
     if crossing.size:
@@ -371,9 +380,16 @@ def merge_blocks(
         )
         del coords, ring_offsets, poly_offsets
         merged[crossing] = _wkb_polygons(out, out_rings, out_polys, grid)
+        if unit is not None:
+            area[crossing], perimeter[crossing] = _planar_measures(
+                out, out_rings, out_polys, grid, unit
+            )
         del out
         for i, geom in fallback.items():
             merged[crossing[i]] = shapely.to_wkb(geom)
+            if unit is not None:
+                one_area, one_perimeter = measure(np.array([geom], dtype=object), grid)
+                area[crossing[i]], perimeter[crossing[i]] = one_area[0], one_perimeter[0]
     else:
         del coords, ring_offsets, poly_offsets
 
@@ -381,11 +397,12 @@ def merge_blocks(
     rank = np.argsort(first, kind="stable")
     merged, pixels, conf_sum = merged[rank], pixels[rank], conf_sum[rank]
     conf_max, group_class, first = conf_max[rank], group_class[rank], first[rank]
+    area, perimeter = area[rank], perimeter[rank]
     instance_id = first + 1
 
     wkb = merged
-    geometry = shapely.from_wkb(wkb)
-    if cleanup.fill_holes_m2 > 0:
+    geometry = None if as_wkb and unit is not None else shapely.from_wkb(wkb)
+    if geometry is not None and cleanup.fill_holes_m2 > 0:
         inside = first if occupants is None else np.concatenate([first, occupants])
         geometry, changed = _fill_holes(
             geometry, grid, cleanup.fill_holes_m2, _pixel_centres(inside, grid)
@@ -393,16 +410,19 @@ def merge_blocks(
         if changed.size:
             wkb = wkb.copy()
             wkb[changed] = shapely.to_wkb(geometry[changed])
-    area, perimeter = measure(geometry, grid)
+    if geometry is not None and unit is None:
+        area, perimeter = measure(geometry, grid)
     keep = area >= cleanup.min_area_m2
-    geometry, area, perimeter, wkb = geometry[keep], area[keep], perimeter[keep], wkb[keep]
-    if cleanup.simplify_m > 0 and len(geometry):
+    area, perimeter, wkb = area[keep], perimeter[keep], wkb[keep]
+    if geometry is not None:
+        geometry = geometry[keep]
+    if geometry is not None and cleanup.simplify_m > 0 and len(geometry):
         geometry = _simplify(geometry, grid, cleanup.simplify_m)
         area, perimeter = measure(geometry, grid)
         if as_wkb:
             wkb = shapely.to_wkb(geometry)
     return Polygons(
-        geometry=wkb if as_wkb else geometry,
+        geometry=wkb if as_wkb or geometry is None else geometry,
         class_value=group_class[keep],
         pixels=pixels[keep].astype(np.int64),
         confidence=conf_sum[keep] / pixels[keep],
@@ -437,19 +457,66 @@ def _concat_pieces(
     return coords, ring_offsets.astype(np.int64), poly_offsets.astype(np.int64), label_of
 
 
+#: WKB bytes written per kernel call: bounds the array a batch of WKB is held in beside its
+#: copies as ``bytes``. A polygon larger than this is written in parts of this size.
+WKB_CHUNK_BYTES = 16 * 2**20
+
+
 def _wkb_polygons(
     coords: np.ndarray, ring_offsets: np.ndarray, poly_offsets: np.ndarray, grid: Grid
 ) -> np.ndarray:
-    """WKB bytes of polygons given as a ragged array in pixel corners, in the grid's CRS."""
-    buf, offsets = kernels.polygon_wkb(
-        np.ascontiguousarray(coords, dtype=np.int32),
-        np.ascontiguousarray(ring_offsets, dtype=np.int64),
-        np.ascontiguousarray(poly_offsets, dtype=np.int64),
-        np.asarray(grid.transform[:6], dtype=np.float64),
-    )
-    out = np.empty(len(offsets) - 1, dtype=object)
-    out[:] = [buf[a:b].tobytes() for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    """WKB bytes of polygons given as a ragged array in pixel corners, in the grid's CRS.
+
+    Written a chunk of polygons at a time, so the kernel's output array (copied into one
+    ``bytes`` per polygon) stays small beside the result even when it holds a region of
+    millions of vertices.
+    """
+    coords = np.ascontiguousarray(coords, dtype=np.int32)
+    ring_offsets = np.ascontiguousarray(ring_offsets, dtype=np.int64)
+    poly_offsets = np.ascontiguousarray(poly_offsets, dtype=np.int64)
+    transform = np.asarray(grid.transform[:6], dtype=np.float64)
+    n_rings = np.diff(poly_offsets)
+    n_coords = ring_offsets[poly_offsets[1:]] - ring_offsets[poly_offsets[:-1]]
+    size = 9 + 4 * n_rings + 16 * n_coords
+    end = np.cumsum(size)  # each polygon's end in all the polygons' WKB
+    out = np.empty(len(size), dtype=object)
+    start = 0
+    while start < len(size):
+        if size[start] > WKB_CHUNK_BYTES:
+            out[start] = _large_wkb(
+                coords, ring_offsets, poly_offsets, transform, start, int(size[start])
+            )
+            start += 1
+            continue
+        # The polygons that end within one chunk from here (a large one never does).
+        stop = int(np.searchsorted(end, end[start] - size[start] + WKB_CHUNK_BYTES, "right"))
+        buf, offsets = kernels.polygon_wkb(
+            coords, ring_offsets, poly_offsets[start : stop + 1], transform
+        )
+        pairs = zip(offsets[:-1], offsets[1:], strict=True)
+        out[start:stop] = [buf[a:b].tobytes() for a, b in pairs]
+        start = stop
     return out
+
+
+def _large_wkb(
+    coords: np.ndarray,
+    ring_offsets: np.ndarray,
+    poly_offsets: np.ndarray,
+    transform: np.ndarray,
+    p: int,
+    size: int,
+) -> bytes:
+    """Polygon ``p``'s WKB written part by part into one ``bytes``, never held twice.
+
+    ``BytesIO`` grows its buffer in place and hands it over as the result without a copy.
+    """
+    stream = io.BytesIO()
+    for lo in range(0, size, WKB_CHUNK_BYTES):
+        hi = min(size, lo + WKB_CHUNK_BYTES)
+        part = kernels.polygon_wkb_part(coords, ring_offsets, poly_offsets, transform, p, lo, hi)
+        stream.write(part.data)
+    return stream.getvalue()
 
 
 def _take_polygons(
@@ -521,6 +588,31 @@ def _equal_area(grid: Grid) -> pyproj.Transformer | None:
         f"+proj=laea +lat_0={(bottom + top) / 2} +lon_0={(left + right) / 2} +datum=WGS84"
     )
     return pyproj.Transformer.from_crs(crs, laea, always_xy=True)
+
+
+def _planar_unit(grid: Grid) -> float | None:
+    """Metres per unit of the grid's CRS; None if it is geographic (areas need a projection)."""
+    crs = pyproj.CRS.from_wkt(grid.crs_wkt)
+    if crs.is_geographic:
+        return None
+    return crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+
+
+def _planar_measures(
+    coords: np.ndarray, ring_offsets: np.ndarray, poly_offsets: np.ndarray, grid: Grid, unit: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(area m², perimeter m) of a ragged array in pixel corners, as :func:`measure` gives them.
+
+    :func:`pipeline.kernels.polygon_measures` sums them as GEOS does from the coordinates
+    :func:`_wkb_polygons` writes, so they equal ``measure`` of the parsed polygons exactly.
+    """
+    area, length = kernels.polygon_measures(
+        np.ascontiguousarray(coords, dtype=np.int32),
+        np.ascontiguousarray(ring_offsets, dtype=np.int64),
+        np.ascontiguousarray(poly_offsets, dtype=np.int64),
+        np.asarray(grid.transform[:6], dtype=np.float64),
+    )
+    return area * unit * unit, length * unit
 
 
 def _metric(geometry: np.ndarray, grid: Grid) -> tuple[np.ndarray, float]:
@@ -646,7 +738,8 @@ def warm_up() -> None:
     Numba loads a cached kernel at its first call in a process, about 0.2 s for this stage's
     set; a run has its workers and client do it while they would otherwise wait, not when the
     polygons are due. The 8×8 raster in 4×4 blocks takes every path: the sieve, region
-    labels, tracing, a hole, joins across blocks and WKB.
+    labels, tracing, a hole, joins across blocks, WKB and areas; then a polygon's WKB is
+    written in parts, as a region of millions of vertices is.
     """
     classes = np.zeros((8, 8), dtype=np.uint8)
     classes[1:7, 1:7] = 1
@@ -655,6 +748,10 @@ def warm_up() -> None:
     grid = Grid(pyproj.CRS.from_epsg(32618).to_wkt(), (10.0, 0.0, 0.0, 0.0, -10.0, 80.0), 8, 8)
     confidence = np.full_like(classes, 90)
     vectorize(classes, confidence, grid, [1], sieve_pixels=2, block_size=4, as_wkb=True)
+    square = np.array([[0, 0], [0, 1], [1, 1], [1, 0], [0, 0]], dtype=np.int32)
+    offsets = np.array([0, 5], dtype=np.int64)
+    transform = np.asarray(grid.transform[:6], dtype=np.float64)
+    _large_wkb(square, offsets, np.array([0, 1], dtype=np.int64), transform, 0, 93)
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,16 @@ def test_bench_reports_both_ways(capsys):
         "vectorize_polygons",
         "vectorize_baseline_polygons",
         "vectorize_peak_rss_mb",
+        "vectorize_setup_s",
+        "vectorize_client_peak_pss_mb",
+        "vectorize_worker_peak_pss_mb",
+        "vectorize_run_peak_pss_mb",
     ):
         assert key in result
     assert result["vectorize_s"] > 0 and result["vectorize_baseline_s"] > 0
+    # The run's PSS sums the client's and a worker's at least; none can be sampled empty.
+    assert 0 < result["vectorize_client_peak_pss_mb"] <= result["vectorize_client_peak_rss_mb"]
+    assert result["vectorize_run_peak_pss_mb"] >= result["vectorize_worker_peak_pss_mb"] > 0
     # Both sides sieve 16-pixel specks away; their polygon counts are of the same order.
     ratio = result["vectorize_polygons"] / result["vectorize_baseline_polygons"]
     assert 0.5 < ratio < 2

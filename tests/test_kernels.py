@@ -507,6 +507,55 @@ def test_join_pieces_reports_pieces_that_do_not_touch() -> None:
     assert not ok[0] and joined[0] == []
 
 
+# --- WKB and measures ---------------------------------------------------------------------
+
+#: Grid transforms: UTM 10 m, degrees, and a rotated one with fractions everywhere.
+_TRANSFORMS = [
+    (10.0, 0.0, 399960.0, 0.0, -10.0, 4200000.0),
+    (0.00017966, 0.0, -118.45, 0.0, -0.00017966, 34.3),
+    (10.3, 0.7, 399960.123, -0.4, -9.7, 4200000.77),
+]
+
+
+def _traced_patches(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Traced polygons of a fragmented raster, holes included, off the grid's origin."""
+    classes = _random_classes((61, 47), seed, "patches")
+    labels, n = kernels.label_regions(classes, _order([0, 1, 2]))
+    coords, ring_offsets, poly_offsets = kernels.trace_polygons(labels, n, 3, 7)
+    assert (np.diff(poly_offsets) > 1).any(), "the test needs polygons with holes"
+    return coords, ring_offsets, poly_offsets
+
+
+def _parsed(coords, ring_offsets, poly_offsets, transform: np.ndarray) -> np.ndarray:
+    buf, offsets = kernels.polygon_wkb(coords, ring_offsets, poly_offsets, transform)
+    return np.array([buf[a:b].tobytes() for a, b in zip(offsets[:-1], offsets[1:], strict=True)])
+
+
+@pytest.mark.parametrize("transform", _TRANSFORMS)
+def test_polygon_measures_equal_geos_bit_for_bit(transform: tuple[float, ...]) -> None:
+    t = np.array(transform)
+    coords, ring_offsets, poly_offsets = _traced_patches(4)
+    geoms = shapely.from_wkb(_parsed(coords, ring_offsets, poly_offsets, t))
+    area, length = kernels.polygon_measures(coords, ring_offsets, poly_offsets, t)
+    np.testing.assert_array_equal(area, shapely.area(geoms))
+    np.testing.assert_array_equal(length, shapely.length(geoms))
+
+
+@pytest.mark.parametrize("part", [1, 5, 16, 100])
+def test_polygon_wkb_parts_make_the_whole_wkb(part: int) -> None:
+    t = np.array(_TRANSFORMS[2])
+    coords, ring_offsets, poly_offsets = _traced_patches(5)
+    whole = _parsed(coords, ring_offsets, poly_offsets, t)
+    for p, wkb in enumerate(whole):
+        pieces = [
+            kernels.polygon_wkb_part(
+                coords, ring_offsets, poly_offsets, t, p, lo, min(len(wkb), lo + part)
+            ).tobytes()
+            for lo in range(0, len(wkb), part)
+        ]
+        assert b"".join(pieces) == wkb
+
+
 def test_every_kernel_loads_from_the_cache_in_a_new_process():
     """Once compiled (scripts/setup-env does it), no process compiles a kernel again.
 

@@ -20,6 +20,7 @@ from pipeline.publish import (
     GPKG_VERSION,
     BlockCache,
     BlockRaster,
+    PolygonWriter,
     Staging,
     category_style_qml,
     overview_factors,
@@ -325,6 +326,38 @@ def test_write_polygons(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         tables = {r[0] for r in db.execute("select name from sqlite_master")}
     assert "rtree_forest_geom" in tables
+
+
+def test_polygon_writer_gathers_batches_into_fewer_writes(tmp_path: Path, monkeypatch) -> None:
+    import pipeline.publish as publish
+
+    x0, y0 = ORIGIN
+    boxes = [shapely.box(x0 + 10 * i, y0 - 10, x0 + 10 * i + 10, y0) for i in range(40)]
+    wkb = np.array(shapely.to_wkb(boxes), dtype=object)  # 93 bytes each
+    writes: list[int] = []
+    real_write = pyogrio.raw.write
+
+    def counted(*args, **kwargs):
+        writes.append(len(kwargs["geometry"]))
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(publish, "WRITE_BATCH_BYTES", 500)
+    monkeypatch.setattr(pyogrio.raw, "write", counted)
+    fields = _fields(40)
+    path = tmp_path / "polygons.gpkg"
+    writer = PolygonWriter(path, "forest", CRS.from_string(UTM18).to_wkt())
+    # Batches of 1 to 4 polygons, an empty one, then one over the threshold (written alone).
+    cuts = [0, 1, 3, 3, 7, 8, 10, 13, 14, 17, 19, 22, 26, 40]
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        writer.append(wkb[a:b], {k: v[a:b] for k, v in fields.items()})
+    assert writer.count == 40
+    writer.close()
+    assert sum(writes) == 40 and writes[-1] == 14  # the large batch alone, last
+    assert 1 < len(writes) < len(cuts) - 1  # gathered, yet never more than the threshold
+    _, _, back, values = pyogrio.raw.read(path, layer="forest")
+    assert list(back) == list(wkb)  # every polygon once, in the order appended
+    for (name, expected), got in zip(fields.items(), values, strict=True):
+        np.testing.assert_array_equal(got, expected, err_msg=name)
 
 
 def test_write_polygons_empty(tmp_path: Path) -> None:

@@ -440,6 +440,27 @@ def test_blocks_give_the_whole_raster_result(block: int) -> None:
     assert shapely.is_valid(got.geometry).all()
 
 
+def test_streamed_polygons_are_the_parsed_ones_whatever_the_wkb_chunk(monkeypatch) -> None:
+    """WKB written in chunks or in parts (as a huge region is), areas from the coordinates:
+    the same bytes, and the areas and perimeters of the parsed polygons exactly."""
+    from pipeline import vectorize as vec
+
+    classes = _test_raster()
+    conf = _conf(classes.shape, 3)
+    grid = _utm_grid(*classes.shape)
+    parsed = vectorize(classes, conf, grid, [1, 2], nodata=NODATA, block_size=33)
+    streamed = vectorize(classes, conf, grid, [1, 2], nodata=NODATA, block_size=33, as_wkb=True)
+    monkeypatch.setattr(vec, "WKB_CHUNK_BYTES", 100)  # most polygons are larger: in parts
+    parts = vectorize(classes, conf, grid, [1, 2], nodata=NODATA, block_size=33, as_wkb=True)
+    assert (shapely.get_num_coordinates(parsed.geometry) * 16 > 100).sum() > 10
+    assert list(parts.geometry) == list(streamed.geometry)
+    assert list(streamed.geometry) == list(shapely.to_wkb(parsed.geometry))
+    for got in (streamed, parts):
+        np.testing.assert_array_equal(got.area_m2, shapely.area(parsed.geometry))
+        np.testing.assert_array_equal(got.perimeter_m, shapely.length(parsed.geometry))
+        np.testing.assert_array_equal(got.instance_id, parsed.instance_id)
+
+
 @pytest.mark.parametrize("block", [9, 25, 64])
 def test_sieve_and_ids_do_not_depend_on_block_size(block: int) -> None:
     classes = _test_raster(11)
@@ -632,5 +653,6 @@ def test_warm_up_loads_every_kernel_a_run_calls(tmp_path):
     assert result["joined"] > 0, "the blocks must have regions to join"
     assert set(result["warm"]) >= {"label_regions", "sieve_regions", "trace_polygons"}
     assert set(result["warm"]) >= {"region_stats", "join_pieces", "polygon_wkb"}
+    assert set(result["warm"]) >= {"polygon_measures", "polygon_wkb_part"}
     # The run loaded nothing the warm-up had not: no kernel is first called mid-run.
     assert result["run"] == result["warm"]

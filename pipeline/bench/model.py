@@ -439,12 +439,14 @@ def run_pipeline(
     with MemorySampler() as memory, dask_client(int(workers), None, fed) as client:
         startup = time.perf_counter() - t0
         address = client.scheduler.address
+        cpu0 = os.times()
         result = run(
             workflow,
             load_catalog(catalog).scene("bench"),
             options=RunOptions(out=Path(out), scheduler=address, progress=False, one_model=fed),
             catalog=catalog,
         )
+        cpu1 = os.times()
         worker_rss = client.run(peak_rss_mb)
         worker_pids = client.run(os.getpid).values()
     times = result.summary["times"]
@@ -456,6 +458,8 @@ def run_pipeline(
         "startup_s": startup + setup,
         "times": times,
         "model_layout": result.summary["execution"]["model_layout"],
+        # The client's own CPU time in the run: what it takes from cores the workers share.
+        "client_cpu_s": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
         "polygons": int(pyogrio.read_info(str(gpkg), layer="bench")["features"]),
         "client_peak_rss_mb": peak_rss_mb(),
         "worker_peak_rss_mb": max(worker_rss.values()),
@@ -625,6 +629,7 @@ def bench_model(
             "startup_s": pipe["startup_s"],
             "overhead_ratio": pipe["pipeline_s"] / alone["model_only_s"],
             "model_layout": pipe["model_layout"],
+            "client_cpu_s": pipe["client_cpu_s"],
             "model_only_mpx_per_s": alone["input_mpx"] / alone["model_only_s"],
             "pipeline_mpx_per_s": alone["input_mpx"] / pipe["pipeline_s"],
             "tiles_mpx_per_s": alone["input_mpx"] / pipe["times"]["tiles_s"],

@@ -123,35 +123,7 @@ def _add_run(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
     run.add_argument(
         "workflow", help="workflow name under workflows/ (forest, mining, fire) or a .yaml path"
     )
-    run.add_argument(
-        "--scene",
-        action="append",
-        default=[],
-        metavar="ID",
-        help="catalog id of a scene; repeat for a batch",
-    )
-    run.add_argument(
-        "--before",
-        action="append",
-        default=[],
-        metavar="ID",
-        help="catalog id of the pre-event scene (fire, mining; forest: adds forest loss); "
-        "in a batch, one per --scene, in order",
-    )
-    run.add_argument(
-        "--series",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="every scene of a catalog series, oldest first; a two-date workflow pairs each "
-        "with the latest usable scene before it (repeatable)",
-    )
-    run.add_argument(
-        "--all",
-        action="store_true",
-        help="every catalog scene that has the bands the workflow reads (two-date workflows: "
-        "every series of two such scenes or more)",
-    )
+    _add_scene_choice(run)
     run.add_argument(
         "--out",
         type=Path,
@@ -171,18 +143,7 @@ def _add_run(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
         metavar="N",
         help="context pixels read around each block (default: the workflow's halo)",
     )
-    run.add_argument(
-        "--workers",
-        type=_positive,
-        metavar="N",
-        help="local Dask worker processes, one torch thread each (default: one per core)",
-    )
-    run.add_argument(
-        "--scheduler",
-        metavar="ADDR",
-        help="use an existing Dask cluster, e.g. tcp://10.0.0.5:8786, instead of a local one",
-    )
-    _add_one_model(run)
+    _add_cluster_options(run)
     run.add_argument(
         "--instances",
         action="store_true",
@@ -238,21 +199,56 @@ def _add_monitor(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
     )
     mon.add_argument("--series", required=True, metavar="NAME", help="catalog series to follow")
     mon.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR", help="output root")
-    mon.add_argument(
-        "--workers",
-        type=_positive,
-        metavar="N",
-        help="local Dask worker processes (default: one per core)",
-    )
-    mon.add_argument(
-        "--scheduler", metavar="ADDR", help="use an existing Dask cluster instead of a local one"
-    )
-    _add_one_model(mon)
+    _add_cluster_options(mon)
     mon.add_argument("--quiet", action="store_true", help="print only problems")
 
 
-def _add_one_model(parser: argparse.ArgumentParser) -> None:
-    """``--one-model``: one worker holds the model and the others read for it."""
+def _add_scene_choice(parser: argparse.ArgumentParser) -> None:
+    """``run``'s scenes: ``--scene`` (with ``--before``), ``--series`` or ``--all``."""
+    parser.add_argument(
+        "--scene",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="catalog id of a scene; repeat for a batch",
+    )
+    parser.add_argument(
+        "--before",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="catalog id of the pre-event scene (fire, mining; forest: adds forest loss); "
+        "in a batch, one per --scene, in order",
+    )
+    parser.add_argument(
+        "--series",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="every scene of a catalog series, oldest first; a two-date workflow pairs each "
+        "with the latest usable scene before it (repeatable)",
+    )
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="every catalog scene that has the bands the workflow reads (two-date workflows: "
+        "every series of two such scenes or more)",
+    )
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    """Where a run's tasks go: ``--workers``, ``--scheduler`` and ``--one-model``."""
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help="local Dask worker processes, one torch thread each (default: one per core)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDR",
+        help="use an existing Dask cluster, e.g. tcp://10.0.0.5:8786, instead of a local one",
+    )
     parser.add_argument(
         "--one-model",
         action=argparse.BooleanOptionalAction,
@@ -260,6 +256,12 @@ def _add_one_model(parser: argparse.ArgumentParser) -> None:
         help="one worker holds the model and runs every forward pass, in batches; the others "
         "read and mask the tiles for it (default: on when the model runs on a CUDA GPU)",
     )
+
+
+def _check_cluster_options(args: argparse.Namespace) -> None:
+    """``--workers`` and ``--scheduler`` exclude each other."""
+    if args.workers and args.scheduler:
+        raise ConfigError("--workers sizes the local cluster; it cannot be used with --scheduler")
 
 
 def _add_train(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
@@ -451,8 +453,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.api import open_catalog, run
     from pipeline.workflow import load_workflow
 
-    if args.workers and args.scheduler:
-        raise ConfigError("--workers sizes the local cluster; it cannot be used with --scheduler")
+    _check_cluster_options(args)
     if not (args.scene or args.series or args.all):
         raise ConfigError("give --scene ID (repeat it for a batch), --series NAME or --all")
     workflow = load_workflow(args.workflow).with_overrides(args.tile_size, args.halo)
@@ -528,8 +529,7 @@ def _cmd_batch(args: argparse.Namespace, workflow: Any) -> int:
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from pipeline.api import monitor
 
-    if args.workers and args.scheduler:
-        raise ConfigError("--workers sizes the local cluster; it cannot be used with --scheduler")
+    _check_cluster_options(args)
 
     def heard(item: Any, row: dict[str, Any]) -> None:
         failed = getattr(item, "status", "") == "failed" and not row

@@ -355,8 +355,8 @@ def _wkb(geometry: np.ndarray) -> np.ndarray:
 
 
 #: WKB a :class:`PolygonWriter` gathers before it writes. Each write opens the GeoPackage,
-#: updates its spatial index row by row and commits: the 37 batches of a 10980² scene cost
-#: 1.2–1.8 s of CPU written one by one, 0.9–1.0 s in writes of this size.
+#: updates its spatial index and commits, so fewer, larger writes cost less CPU
+#: (``BENCHMARKS.md``, "Vectorizing").
 WRITE_BATCH_BYTES = 32 * 2**20
 
 

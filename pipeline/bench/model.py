@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import yaml
@@ -180,29 +180,22 @@ def _model_only_worker(
 
     The model runs where a pipeline worker's would: on a CUDA GPU when torch has one.
     """
+    from pipeline.models.build import build_on_worker
+
     workflow = _load(workflow_json)
-    if uses_openvino(workflow.model):
-        model: Any = _openvino_model(workflow_json)
-    else:
-        import torch
-
-        from pipeline.models import build_model
-
-        torch.set_num_threads(1)
-        model = build_model(workflow.model, workflow.classes)
-        if torch.cuda.is_available():
-            model = model.to("cuda")
+    converted = _converted(workflow_json) if uses_openvino(workflow.model) else None
+    model = build_on_worker(workflow.model, workflow.classes, converted)
     if rebatch:
         from pipeline.models.device import fitting_batch
 
         batch = fitting_batch(model, shapes[0][1:], getattr(workflow.model, "batch_size", 1))
         shapes = _rebatched(shapes, batch)
-    if uses_openvino(workflow.model):
-        gen = np.random.default_rng(0)
-        arrays = {s: gen.random(s, dtype=np.float32) * 0.3 for s in set(shapes)}
-        _timed_passes(model, arrays, shapes, start, out)
+    if hasattr(model, "parameters"):
+        _model_only_torch(model, shapes, start, out)
         return
-    _model_only_torch(model, shapes, start, out)
+    gen = np.random.default_rng(0)
+    arrays = {s: gen.random(s, dtype=np.float32) * 0.3 for s in set(shapes)}
+    _timed_passes(model, arrays, shapes, start, out)
 
 
 def _model_only_torch(
@@ -264,14 +257,13 @@ def _synchronize(model: Any) -> None:
             torch.cuda.synchronize(device)
 
 
-def _openvino_model(workflow_json: str) -> Any:
-    """The benchmark's network as the pipeline's workers load it (converted by run_convert)."""
-    from pipeline.models.engines import OpenVINOModel, converted_folder
+def _converted(workflow_json: str) -> Path:
+    """Where the benchmark's network lies converted for OpenVINO (by :func:`run_choose`)."""
+    from pipeline.models.engines import converted_folder
 
     workflow = _load(workflow_json)
-    config = workflow.model
-    folder = converted_folder(config, workflow.classes, _cache_of(workflow_json))  # type: ignore[arg-type]
-    return OpenVINOModel(folder, config.precision, threads=1)  # type: ignore[union-attr]
+    config = cast(TorchGeoModelConfig, workflow.model)
+    return converted_folder(config, workflow.classes, _cache_of(workflow_json))
 
 
 def _cache_of(workflow_json: str) -> Path:
@@ -524,20 +516,14 @@ def run_peer(scene: str, workflow_json: str, out: str, threads: str) -> dict[str
 
 def run_parity(catalog: str, workflow_json: str) -> dict[str, Any]:
     """Agreement of the classes of the central block computed at tile 1024 and at tile 256."""
-    import torch
-
     from pipeline.catalog import load_catalog
     from pipeline.inference import process_block
-    from pipeline.models import build_model
+    from pipeline.models.build import build_on_worker
     from pipeline.reading import scene_grid
 
-    torch.set_num_threads(1)
     workflow = _load(workflow_json)
-    model: Any
-    if uses_openvino(workflow.model):
-        model = _openvino_model(workflow_json)
-    else:
-        model = build_model(workflow.model, workflow.classes)
+    converted = _converted(workflow_json) if uses_openvino(workflow.model) else None
+    model = build_on_worker(workflow.model, workflow.classes, converted)
     scene = load_catalog(catalog).scene("bench")
     grid = scene_grid(scene, model.bands)
     edge = min(PARITY_WINDOW, grid.height, grid.width) // 256 * 256
@@ -621,49 +607,70 @@ def bench_model(
             "engine_reason": chosen["reason"],
             "convert_s": convert_s,
             "scene_generate_s": generate_s,
-            "model_only_s": alone["model_only_s"],
-            "model_only_tiles": alone["tiles"],
-            "model_only_input_mpx": alone["input_mpx"],
-            "pipeline_s": pipe["pipeline_s"],
-            "pipeline_raster_s": pipe["pipeline_raster_s"],
-            "startup_s": pipe["startup_s"],
-            "overhead_ratio": pipe["pipeline_s"] / alone["model_only_s"],
-            "model_layout": pipe["model_layout"],
-            "client_cpu_s": pipe["client_cpu_s"],
-            "model_only_mpx_per_s": alone["input_mpx"] / alone["model_only_s"],
-            "pipeline_mpx_per_s": alone["input_mpx"] / pipe["pipeline_s"],
-            "tiles_mpx_per_s": alone["input_mpx"] / pipe["times"]["tiles_s"],
-            "pipeline_polygons": pipe["polygons"],
-            "pipeline_times": pipe["times"],
-            "peak_rss_mb": max(pipe["client_peak_rss_mb"], pipe["worker_peak_rss_mb"]),
-            "client_peak_rss_mb": pipe["client_peak_rss_mb"],
-            "worker_peak_rss_mb": pipe["worker_peak_rss_mb"],
-            "model_only_peak_rss_mb": alone["model_only_peak_rss_mb"],
-            "client_peak_pss_mb": pipe["client_peak_pss_mb"],
-            "worker_peak_pss_mb": pipe["worker_peak_pss_mb"],
-            "run_peak_pss_mb": pipe["run_peak_pss_mb"],
-        }
+        } | _stage_figures(alone, pipe)
         if peer:
-            theirs = in_subprocess(step + "run_peer", str(scene), wf, str(folder / "peer.tif"), n)
-            result |= {
-                "peer_s": theirs["peer_s"],
-                "peer_chips": theirs["chips"],
-                "peer_ratio": theirs["peer_s"] / pipe["pipeline_raster_s"],
-                "peer_peak_rss_mb": theirs["peer_peak_rss_mb"],
-                "peer_unpredicted_pixels": theirs["unpredicted"],
-                "peer_agreement": _agreement(
-                    folder / "out" / "bench" / "bench" / "classes.tif", folder / "peer.tif"
-                ),
-            }
+            result |= _peer_figures(folder, scene, wf, n, pipe["pipeline_raster_s"])
         result |= in_subprocess(step + "run_parity", str(catalog), wf)
         if mask:
-            masked = catalog
-            if not set(SCENE_BANDS) <= set(bands):  # the network needs the six bands
-                (folder / "mask").mkdir()
-                six = write_scene(folder / "mask" / "scene.tif", size, SCENE_BANDS)
-                masked = _write_catalog(folder / "mask", six, SCENE_BANDS)
-            result |= in_subprocess(step + "run_mask_only", str(masked), str(tile), n)
+            result |= _mask_figures(folder, catalog, bands, size, tile, n)
         return result
+
+
+def _stage_figures(alone: dict[str, Any], pipe: dict[str, Any]) -> dict[str, Any]:
+    """The model alone against the pipeline: times, throughputs, memory (bench's keys)."""
+    return {
+        "model_only_s": alone["model_only_s"],
+        "model_only_tiles": alone["tiles"],
+        "model_only_input_mpx": alone["input_mpx"],
+        "pipeline_s": pipe["pipeline_s"],
+        "pipeline_raster_s": pipe["pipeline_raster_s"],
+        "startup_s": pipe["startup_s"],
+        "overhead_ratio": pipe["pipeline_s"] / alone["model_only_s"],
+        "model_layout": pipe["model_layout"],
+        "client_cpu_s": pipe["client_cpu_s"],
+        "model_only_mpx_per_s": alone["input_mpx"] / alone["model_only_s"],
+        "pipeline_mpx_per_s": alone["input_mpx"] / pipe["pipeline_s"],
+        "tiles_mpx_per_s": alone["input_mpx"] / pipe["times"]["tiles_s"],
+        "pipeline_polygons": pipe["polygons"],
+        "pipeline_times": pipe["times"],
+        "peak_rss_mb": max(pipe["client_peak_rss_mb"], pipe["worker_peak_rss_mb"]),
+        "client_peak_rss_mb": pipe["client_peak_rss_mb"],
+        "worker_peak_rss_mb": pipe["worker_peak_rss_mb"],
+        "model_only_peak_rss_mb": alone["model_only_peak_rss_mb"],
+        "client_peak_pss_mb": pipe["client_peak_pss_mb"],
+        "worker_peak_pss_mb": pipe["worker_peak_pss_mb"],
+        "run_peak_pss_mb": pipe["run_peak_pss_mb"],
+    }
+
+
+def _peer_figures(
+    folder: Path, scene: Path, workflow_json: str, workers: str, pipeline_raster_s: float
+) -> dict[str, Any]:
+    """TorchGeo's own way on the scene, against the pipeline's raster stages and classes."""
+    step = "pipeline.bench.model:run_peer"
+    theirs = in_subprocess(step, str(scene), workflow_json, str(folder / "peer.tif"), workers)
+    return {
+        "peer_s": theirs["peer_s"],
+        "peer_chips": theirs["chips"],
+        "peer_ratio": theirs["peer_s"] / pipeline_raster_s,
+        "peer_peak_rss_mb": theirs["peer_peak_rss_mb"],
+        "peer_unpredicted_pixels": theirs["unpredicted"],
+        "peer_agreement": _agreement(
+            folder / "out" / "bench" / "bench" / "classes.tif", folder / "peer.tif"
+        ),
+    }
+
+
+def _mask_figures(
+    folder: Path, catalog: Path, bands: tuple[str, ...], size: int, tile: int, workers: str
+) -> dict[str, Any]:
+    """The cloud mask alone, on the scene or, when it lacks the network's six bands, on one."""
+    if not set(SCENE_BANDS) <= set(bands):
+        (folder / "mask").mkdir()
+        six = write_scene(folder / "mask" / "scene.tif", size, SCENE_BANDS)
+        catalog = _write_catalog(folder / "mask", six, SCENE_BANDS)
+    step = "pipeline.bench.model:run_mask_only"
+    return in_subprocess(step, str(catalog), str(tile), workers)
 
 
 def _agreement(ours: Path, theirs: Path) -> float:

@@ -104,8 +104,8 @@ def _compile(name: str, bands: int, settings: dict[str, Any], cache_dir: Path | 
 
     The network, reshaped to its tiles, is kept there in OpenVINO's own format
     (:func:`_kept_network`), and compiled from that file: OpenVINO then finds the compiled
-    form it keeps beside it without reading the network at all (0.2 s, where reading the ONNX
-    file and loading the compiled form took 0.6 s and compiling 0.7–1 s). Workers that start
+    form it keeps beside it without reading or reshaping the ONNX network (half the load
+    time; ``BENCHMARKS.md``, "Planning and worker set-up"). Workers that start
     together would write the same files at once (OpenVINO then fails on them), so they take
     turns under a file lock; a cache that cannot be used costs time, never the run.
     """

@@ -1,14 +1,16 @@
 """Building the model a workflow's ``model:`` entry describes.
 
 :func:`build_runnable` gives each kind of model in the form a run uses: an index model as
-numpy (:func:`build_index_model`, torch never imported), a network as its torch module.
-:func:`build_model` gives every kind as a torch module, for callers that hold tensors.
+numpy (:func:`build_index_model`, torch never imported), a network as its torch module;
+:func:`build_on_worker` as one worker thread runs it. :func:`build_model` gives every kind as
+a torch module, for callers that hold tensors.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import ModelError
@@ -17,6 +19,7 @@ from pipeline.workflow import ClassDef, IndexModelConfig, ModelConfig, TorchGeoM
 
 if TYPE_CHECKING:
     from pipeline.models.base import SegmentationModel
+    from pipeline.models.engines import OpenVINOModel
 
 #: What a calibrated model is built with: what its ``calibrate`` fitted to a run's scenes.
 Fitted = Mapping[str, float | list[float]]
@@ -55,6 +58,30 @@ def build_runnable(
     if isinstance(config, IndexModelConfig):
         return build_index_model(config, calibration)
     raise AssertionError(f"unhandled model kind {config!r}")  # pragma: no cover
+
+
+def build_on_worker(
+    config: ModelConfig,
+    classes: tuple[ClassDef, ...] = (),
+    converted: Path | None = None,
+    calibration: Fitted | None = None,
+) -> IndexModel | SegmentationModel | OpenVINOModel:
+    """The model as a worker of one thread runs it.
+
+    The network OpenVINO converted into ``converted`` when given (torch never imported); an
+    index model in numpy (nor then); else the torch module, on a CUDA GPU when torch has one.
+    """
+    if converted is not None:
+        from pipeline.models.engines import OpenVINOModel
+
+        return OpenVINOModel(converted, getattr(config, "precision", "f32"), threads=1)
+    if isinstance(config, IndexModelConfig):
+        return build_index_model(config, calibration)
+    import torch
+
+    torch.set_num_threads(1)
+    model = build_model(config, classes, calibration)
+    return model.to("cuda") if torch.cuda.is_available() else model
 
 
 def build_index_model(config: IndexModelConfig, calibration: Fitted | None = None) -> IndexModel:

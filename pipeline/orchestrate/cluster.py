@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import dask
 from distributed import Client, LocalCluster
@@ -22,7 +22,7 @@ from pipeline.errors import ClusterLostError, ConfigError, GeosegError
 from pipeline.grid import BBox
 from pipeline.planning import DEFAULT_OUT, default_cache
 from pipeline.reading import gdal_cache_setting
-from pipeline.workflow import ClassDef, IndexModelConfig, ModelConfig, Workflow
+from pipeline.workflow import ClassDef, ModelConfig, Workflow
 
 if TYPE_CHECKING:
     from pipeline.inference import Model
@@ -263,30 +263,32 @@ class ModelPlugin(WorkerPlugin):
         return self._fitted[key]
 
     def _build(self, calibration: Mapping[str, Any]) -> Model:
-        if self.converted is not None:
-            from pipeline.models.engines import OpenVINOModel
+        from pipeline.models.build import build_on_worker
 
-            precision = getattr(self.config, "precision", "f32")
-            return OpenVINOModel(Path(self.converted), precision, threads=1)
-        if isinstance(self.config, IndexModelConfig):
-            from pipeline.models.build import build_index_model
-
-            # numpy: the workers of an index workflow never import torch
-            return build_index_model(self.config, calibration)
-        import torch
-
-        from pipeline.models import build_model
-
-        torch.set_num_threads(1)
-        model = build_model(self.config, self.classes, calibration)
-        if torch.cuda.is_available():
-            model = model.to("cuda")
-        return model
+        converted = Path(self.converted) if self.converted is not None else None
+        return build_on_worker(self.config, self.classes, converted, calibration)
 
     def teardown(self, worker: Any) -> None:
         """Release the models."""
         self.model = None
         self._fitted.clear()
+
+
+def worker_model(
+    plugin: str, calibration: Mapping[str, Any] | None, worker: Any = None
+) -> Model | None:
+    """In a task (or on ``worker``): the model its worker holds under ``plugin``, fitted.
+
+    None when the run has let the model go (it was stopped): the task then returns nothing
+    rather than print a worker's traceback, and the client counts the blocks that never
+    came back (:func:`~.tiles.classify_blocks`).
+    """
+    if worker is None:
+        from distributed import get_worker
+
+        worker = get_worker()
+    held = worker.plugins.get(plugin)
+    return None if held is None else cast(ModelPlugin, held).model_for(calibration)
 
 
 @dataclass(frozen=True)

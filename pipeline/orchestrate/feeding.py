@@ -20,12 +20,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from distributed import as_completed, get_worker
+from distributed import as_completed
 
 from pipeline.grid import Block
-from pipeline.orchestrate.cluster import ModelPlugin, RunOptions, worker_threads
+from pipeline.orchestrate.cluster import RunOptions, worker_model, worker_threads
 
 if TYPE_CHECKING:
     from pipeline.inference import Tile
@@ -221,15 +221,14 @@ def _model_task(
 ) -> list[BlockResult]:
     """The host's task: classify the tiles ``reads`` of ``groups``, ``batch`` per forward pass."""
     from pipeline.inference import classify_tiles
+    from pipeline.orchestrate.tiles import block_results  # tiles imports this module
 
-    held = get_worker().plugins.get(plugin)
-    if held is None:
-        return []  # the run let its model go (it was stopped): see tiles._blocks_task
-    model = cast(ModelPlugin, held).model_for(calibration)
+    model = worker_model(plugin, calibration)
+    if model is None:
+        return []
     group = tuple(block for blocks in groups for block in blocks)
     tiles = [tile for read in reads for tile in read]
-    results = classify_tiles(model, group, tiles, batch)
-    return [(b, c, f, w if seams else None) for b, (c, f, w) in zip(group, results, strict=True)]
+    return block_results(group, classify_tiles(model, group, tiles, batch), seams)
 
 
 def _host_batch(
@@ -242,5 +241,4 @@ def _host_batch(
     """On the host: build the model now (not at the first batch) and size its batches."""
     from pipeline.models.device import fitting_batch
 
-    held = cast(ModelPlugin, dask_worker.plugins[plugin])
-    return fitting_batch(held.model_for(calibration), shape, cpu_batch)
+    return fitting_batch(worker_model(plugin, calibration, dask_worker), shape, cpu_batch)

@@ -16,10 +16,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from distributed import as_completed, get_worker
+from distributed import as_completed
 from tqdm import tqdm
 
 from pipeline import __version__
@@ -27,11 +27,11 @@ from pipeline.grid import Block, Grid
 from pipeline.kernels import count_values
 from pipeline.masking import MASK_CLASSES
 from pipeline.orchestrate.cluster import (
-    ModelPlugin,
     RunOptions,
     plugin_name,
     register_model,
     unregister_model,
+    worker_model,
     worker_threads,
 )
 from pipeline.orchestrate.feeding import FeedPlan, fed_blocks, plan_feed, uses_one_model
@@ -42,7 +42,7 @@ from pipeline.stitch import NODATA, SeamTracker
 
 if TYPE_CHECKING:
     from pipeline.catalog import Scene
-    from pipeline.inference import Masks
+    from pipeline.inference import Masks, TileResult
 
 #: What a block task returns per block: the block, its classes and confidence, and its
 #: tile's classes over the whole read window (for ``seams.tif``; None when not asked for).
@@ -279,16 +279,22 @@ def _blocks_task(
 ) -> list[BlockResult]:
     """A worker's task: read, mask and classify ``group`` with the worker's model.
 
-    ``calibration`` is what the model fitted to this scene (see :class:`ModelPlugin`).
+    ``calibration`` is what the model fitted to this scene (see :class:`~.cluster.ModelPlugin`).
     """
     from pipeline.inference import process_tiles
 
-    held = get_worker().plugins.get(plugin)
-    if held is None:
-        # The run let its model go (it was stopped); were it not, classify_blocks counts the
-        # blocks that never came back. Raising here would print a worker's traceback.
+    model = worker_model(plugin, calibration)
+    if model is None:
         return []
-    model = cast(ModelPlugin, held).model_for(calibration)
     results = process_tiles(model, scene, before, grid, group, halo, batch_size, masks)
-    # A tile's classes over its whole window travel only when seams.tif needs them.
+    return block_results(group, results, seams)
+
+
+def block_results(
+    group: tuple[Block, ...], results: list[TileResult], seams: bool
+) -> list[BlockResult]:
+    """What a task returns of ``group``'s classified tiles (see :data:`BlockResult`).
+
+    A tile's classes over its whole window travel only when ``seams.tif`` needs them.
+    """
     return [(b, c, f, w if seams else None) for b, (c, f, w) in zip(group, results, strict=True)]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 import pyproj
@@ -330,18 +331,7 @@ def merge_blocks(
     group = region_groups(parts)
     n_groups = int(group.max()) + 1
 
-    pixels = np.bincount(
-        group, weights=np.concatenate([p.pixels for p in parts]), minlength=n_groups
-    )
-    conf_sum = np.bincount(
-        group, weights=np.concatenate([p.conf_sum for p in parts]), minlength=n_groups
-    )
-    conf_max = np.zeros(n_groups, dtype=np.uint8)
-    np.maximum.at(conf_max, group, np.concatenate([p.conf_max for p in parts]))
-    first = np.full(n_groups, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(first, group, np.concatenate([p.first_index for p in parts]))
-    group_class = np.zeros(n_groups, dtype=np.uint8)
-    group_class[group] = class_value
+    stats = _region_stats(parts, group, n_groups, class_value)
 
     # Geometries: a region in one piece keeps its traced polygon; the pieces of the regions
     # that cross block edges are joined all at once, in pixel coordinates, where they match.
@@ -393,11 +383,59 @@ def merge_blocks(
     else:
         del coords, ring_offsets, poly_offsets
 
+    return _finish_regions(stats, merged, area, perimeter, unit, grid, cleanup, occupants, as_wkb)
+
+
+class _RegionStats(NamedTuple):
+    """Per joined region: pixels, confidence sum and max, first pixel's flat index, class."""
+
+    pixels: np.ndarray
+    conf_sum: np.ndarray
+    conf_max: np.ndarray
+    first: np.ndarray
+    group_class: np.ndarray
+
+
+def _region_stats(
+    parts: list[BlockPolygons], group: np.ndarray, n_groups: int, class_value: np.ndarray
+) -> _RegionStats:
+    """The pieces' counts gathered per joined region (``group``: each piece's region)."""
+    pixels = np.bincount(
+        group, weights=np.concatenate([p.pixels for p in parts]), minlength=n_groups
+    )
+    conf_sum = np.bincount(
+        group, weights=np.concatenate([p.conf_sum for p in parts]), minlength=n_groups
+    )
+    conf_max = np.zeros(n_groups, dtype=np.uint8)
+    np.maximum.at(conf_max, group, np.concatenate([p.conf_max for p in parts]))
+    first = np.full(n_groups, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, group, np.concatenate([p.first_index for p in parts]))
+    group_class = np.zeros(n_groups, dtype=np.uint8)
+    group_class[group] = class_value
+    return _RegionStats(pixels, conf_sum, conf_max, first, group_class)
+
+
+def _finish_regions(
+    stats: _RegionStats,
+    merged: np.ndarray,
+    area: np.ndarray,
+    perimeter: np.ndarray,
+    unit: float | None,
+    grid: Grid,
+    cleanup: Cleanup,
+    occupants: np.ndarray | None,
+    as_wkb: bool,
+) -> Polygons:
+    """The joined regions (WKB ``merged``) in raster order, cleaned up, as polygons.
+
+    ``area`` and ``perimeter`` are already measured when ``unit`` is given (see
+    :func:`merge_blocks`); otherwise they come from the shapes.
+    """
     # Raster order of each polygon's first pixel, which also fixes its stable id.
-    rank = np.argsort(first, kind="stable")
-    merged, pixels, conf_sum = merged[rank], pixels[rank], conf_sum[rank]
-    conf_max, group_class, first = conf_max[rank], group_class[rank], first[rank]
-    area, perimeter = area[rank], perimeter[rank]
+    rank = np.argsort(stats.first, kind="stable")
+    pixels, conf_sum, conf_max = stats.pixels[rank], stats.conf_sum[rank], stats.conf_max[rank]
+    group_class, first = stats.group_class[rank], stats.first[rank]
+    merged, area, perimeter = merged[rank], area[rank], perimeter[rank]
     instance_id = first + 1
 
     wkb = merged

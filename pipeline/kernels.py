@@ -282,7 +282,6 @@ def sieve_regions(
     classes: np.ndarray, size: int, nodata: int, passes: int
 ) -> tuple[np.ndarray, bool]:
     """The sieve of :func:`pipeline.vectorize.sieve`: (classes after it, whether any was small)."""
-    h, w = classes.shape
     # All classes in one numbering, raster order: touching regions get nearby ids, which
     # keeps the per-region arrays below cache-friendly.
     rank = np.zeros(256, dtype=np.int64)
@@ -297,7 +296,23 @@ def sieve_regions(
             n_small += 1
     if n_small == 0:
         return classes, False
+    start, fill, nbr = _small_neighbour_pairs(labels, n, sizes, small)
+    adj_start, adj_nb, adj_cnt, roots = _small_adjacency(n, small, n_small, start, fill, nbr)
+    parent = _merge_small_groups(
+        size, passes, sizes, region_class, adj_start, adj_nb, adj_cnt, roots
+    )
+    return _relabelled(labels, nodata, region_class, parent), True
 
+
+@numba.njit(cache=True)
+def _small_neighbour_pairs(
+    labels: np.ndarray, n: int, sizes: np.ndarray, small: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pixel pair touching a small region, listed under it: (start, fill, neighbours).
+
+    Region ``a``'s neighbours are ``nbr[start[a]:fill[a]]``, one entry per pixel pair.
+    """
+    h, w = labels.shape
     # Regions only grow, so every decision and merge involves a region small from the start:
     # the pixel pairs touching one are all the region graph needs. A region has at most four
     # pairs per pixel, which bounds each small region's slice of the neighbour list.
@@ -329,7 +344,18 @@ def sieve_regions(
                     if small[b]:
                         nbr[fill[b]] = a
                         fill[b] += 1
-    # Each small region's neighbours, once each, with the pixel pairs between them.
+    return start, fill, nbr
+
+
+@numba.njit(cache=True)
+def _small_adjacency(
+    n: int, small: np.ndarray, n_small: int, start: np.ndarray, fill: np.ndarray, nbr: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each small region's neighbours once each, with their pixel pairs; the small regions.
+
+    Region ``a``'s neighbours are ``adj_nb[adj_start[a]:adj_start[a + 1]]`` and the pairs
+    between them ``adj_cnt`` at the same places; ``roots`` lists the small regions.
+    """
     adj_start = np.zeros(n + 2, dtype=np.int64)
     adj_nb = np.empty(start[n + 1], dtype=np.int32)
     adj_cnt = np.empty(start[n + 1], dtype=np.int32)
@@ -355,7 +381,27 @@ def sieve_regions(
             else:
                 adj_cnt[slot[b]] += 1
     adj_start[n + 1] = m
+    return adj_start, adj_nb, adj_cnt, roots
 
+
+@numba.njit(cache=True)
+def _merge_small_groups(
+    size: int,
+    passes: int,
+    sizes: np.ndarray,
+    region_class: np.ndarray,
+    adj_start: np.ndarray,
+    adj_nb: np.ndarray,
+    adj_cnt: np.ndarray,
+    roots: np.ndarray,
+) -> np.ndarray:
+    """Up to ``passes`` passes of small groups taking their neighbours' class; the groups.
+
+    ``sizes`` and ``region_class`` become each group root's size and class; the returned
+    union-find parents say each region's group.
+    """
+    n = len(sizes) - 1
+    n_small = len(roots)
     # Groups of merged regions: union-find roots carry size and class; members form a linked
     # list, so a small group can gather its members' neighbours. A small group holds only
     # regions small from the start, whose neighbour lists are complete.
@@ -446,15 +492,25 @@ def sieve_regions(
                     gsize[ra] += gsize[rb]
                     nxt[tail[ra]] = rb
                     tail[ra] = tail[rb]
+    return parent
+
+
+@numba.njit(cache=True)
+def _relabelled(
+    labels: np.ndarray, nodata: int, region_class: np.ndarray, parent: np.ndarray
+) -> np.ndarray:
+    """Each pixel's class after the sieve: its region's group's class."""
+    h, w = labels.shape
+    n = len(parent) - 1
     final = np.empty(n + 1, dtype=np.uint8)
     final[0] = nodata if 0 <= nodata < 256 else 0  # label 0 is exactly the nodata pixels
     for i in range(1, n + 1):
-        final[i] = gclass[_find(parent, i)]
+        final[i] = region_class[_find(parent, i)]
     out = np.empty((h, w), dtype=np.uint8)
     for r in range(h):
         for c in range(w):
             out[r, c] = final[labels[r, c]]
-    return out, True
+    return out
 
 
 @numba.njit(cache=True)

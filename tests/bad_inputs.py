@@ -57,19 +57,7 @@ def not_a_raster(folder: Path, good: dict[str, Path]) -> dict[str, object]:
 def no_crs(folder: Path, good: dict[str, Path]) -> dict[str, object]:
     """Red has a transform but no CRS."""
     values, transform = read_band(good["red"])
-    red = folder / "red.tif"
-    with rasterio.open(
-        red,
-        "w",
-        driver="GTiff",
-        width=values.shape[1],
-        height=values.shape[0],
-        count=1,
-        dtype=values.dtype,
-        transform=transform,
-        nodata=0,
-    ) as dst:
-        dst.write(values, 1)
+    red = write_raster(folder / "red.tif", values, transform, crs=None, nodata=0)
     return entry({**good, "red": red})
 
 

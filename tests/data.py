@@ -17,10 +17,10 @@ def write_raster(
     path: Path,
     array: np.ndarray,
     transform: Affine,
-    crs: str = UTM18,
+    crs: str | None = UTM18,
     nodata: float | None = None,
 ) -> Path:
-    """Write a [bands, h, w] (or [h, w]) array as a GeoTIFF and return its path."""
+    """Write a [bands, h, w] (or [h, w]) array as a GeoTIFF and return its path (no CRS: None)."""
     if array.ndim == 2:
         array = array[None]
     with rasterio.open(

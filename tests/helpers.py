@@ -16,15 +16,51 @@ from pipeline.errors import GeosegError
 from tests.conftest import ROOT
 
 
-def geoseg(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    """``geoseg ARGS`` as a user runs it: a fresh process, its output captured."""
+def run_args(workflow: str, scene: str, catalog: Path, out: Path, *extra: str) -> list[str]:
+    """The arguments of ``geoseg run WORKFLOW --scene SCENE --catalog CATALOG --out OUT EXTRA``."""
+    return ["run", workflow, "--scene", scene, "--catalog", str(catalog), "--out", str(out), *extra]
+
+
+def run_python(
+    *argv: str,
+    cwd: Path = ROOT,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``python ARGV`` in a fresh process of this interpreter, its output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
+        [sys.executable, *argv],
         cwd=cwd,
+        env=env,
+        preexec_fn=preexec_fn,
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+    )
+
+
+def geoseg(*args: str, **options: Any) -> subprocess.CompletedProcess[str]:
+    """``geoseg ARGS`` as a user runs it: a fresh process, its output captured.
+
+    ``options`` are those of :func:`run_python` (``env`` replaces the environment).
+    """
+    return run_python("-m", "pipeline", *args, **options)
+
+
+def start_geoseg(*args: str, start_new_session: bool = False) -> subprocess.Popen[str]:
+    """``geoseg ARGS`` started in a fresh process, its output piped (``communicate`` reads it).
+
+    ``start_new_session``: the run leads its own process group, as a terminal's job does.
+    """
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=start_new_session,
     )
 
 

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -140,19 +140,24 @@ class _FileServer(ThreadingHTTPServer):
 
 
 @contextmanager
-def serve_files(root: Path, auth: tuple[str, str] | None = None) -> Iterator[Served]:
-    """Serve ``root`` at ``http://127.0.0.1:PORT/`` (``auth``: basic user and password)."""
-    served = Served(url="")
-    server = _FileServer(root, served, auth)
-    served.url = f"http://127.0.0.1:{server.server_address[1]}"
+def running(server: HTTPServer) -> Iterator[str]:
+    """Run ``server`` (bound to 127.0.0.1) in a thread until the block ends; yield its URL."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield served
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@contextmanager
+def serve_files(root: Path, auth: tuple[str, str] | None = None) -> Iterator[Served]:
+    """Serve ``root`` at ``http://127.0.0.1:PORT/`` (``auth``: basic user and password)."""
+    served = Served(url="")
+    with running(_FileServer(root, served, auth)) as served.url:
+        yield served
 
 
 class _Counting:
@@ -182,12 +187,5 @@ def serve_s3() -> Iterator[Served]:
 
     served = Served(url="")
     app = _Counting(DomainDispatcherApplication(create_backend_app), served)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    served.url = f"http://127.0.0.1:{server.server_port}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running(make_server("127.0.0.1", 0, app, threaded=True)) as served.url:
         yield served
-    finally:
-        server.shutdown()
-        thread.join()

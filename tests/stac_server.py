@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from typing import Any
 from urllib.parse import parse_qs, urljoin, urlparse
 
 from pystac.utils import str_to_datetime
+
+from tests.remote_servers import running
 
 CONFORMS_TO = [
     "https://api.stacspec.org/v1.0.0/core",
@@ -176,13 +177,5 @@ def serve(root: Path) -> Iterator[Server]:
     """Serve the STAC tree at ``root`` as a STAC API until the block ends."""
     state = Server(url="")
     handler = type("Handler", (_Handler,), {"root": root, "server_state": state})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    state.url = f"http://127.0.0.1:{httpd.server_port}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running(ThreadingHTTPServer(("127.0.0.1", 0), handler)) as state.url:
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()

@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from tests.bad_inputs import (
 )
 from tests.conftest import ROOT
 from tests.data import catalog_yaml, forest_scene, write_raster
-from tests.helpers import geoseg
+from tests.helpers import geoseg, run_args, start_geoseg
 
 WORKFLOW_YAML = ROOT / "workflows" / "forest.yaml"
 
@@ -54,21 +53,9 @@ class GoodRun:
     def folder(self) -> Path:
         return self.out / "forest" / SCENE
 
-    def run(self, *args: str, catalog: Path | None = None, out: Path | None = None):
-        """``geoseg run ARGS --scene synth`` against ``catalog``, into the good run's root."""
-        return geoseg(
-            "run",
-            *args,
-            "--scene",
-            SCENE,
-            "--catalog",
-            str(catalog or self.catalog),
-            "--out",
-            str(out or self.out),
-            "--workers",
-            "1",
-            "--quiet",
-        )
+    def run(self, workflow: str, catalog: Path | None = None, out: Path | None = None):
+        """``geoseg run WORKFLOW --scene synth`` against ``catalog``, into the good run's root."""
+        return geoseg(*_quiet_run(workflow, catalog or self.catalog, out or self.out))
 
     def assert_intact(self) -> None:
         """The good outputs are as the good run left them, and nothing was added beside them."""
@@ -83,21 +70,14 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> GoodRun:
     bands = forest_scene(root / "scene")
     catalog = catalog_yaml(root, {SCENE: entry(bands)})
     out = root / "out"
-    proc = geoseg(
-        "run",
-        "forest",
-        "--scene",
-        SCENE,
-        "--catalog",
-        str(catalog),
-        "--out",
-        str(out),
-        "--workers",
-        "1",
-        "--quiet",
-    )
+    proc = geoseg(*_quiet_run("forest", catalog, out))
     assert proc.returncode == 0, proc.stderr
     return GoodRun(bands, catalog, out, digests(out / "forest" / SCENE))
+
+
+def _quiet_run(workflow: str, catalog: Path, out: Path, *extra: str) -> list[str]:
+    """``run WORKFLOW --scene synth`` on one worker, quiet: the arguments of most runs here."""
+    return run_args(workflow, SCENE, catalog, out, *extra, "--workers", "1", "--quiet")
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str], *needles: str, status: int = 2) -> str:
@@ -323,28 +303,9 @@ def test_a_full_disk_during_the_write(good):
     is kept to resume. The kernel answers EFBIG where a full disk answers ENOSPC, by the
     same path.
     """
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "run",
-            "forest",
-            "--scene",
-            SCENE,
-            "--catalog",
-            str(good.catalog),
-            "--out",
-            str(good.out),
-            "--workers",
-            "1",
-            "--quiet",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc = geoseg(
+        *_quiet_run("forest", good.catalog, good.out),
         timeout=300,
-        check=False,
         preexec_fn=_file_size_limit(20_000),
     )
     one_error_line(proc, f"cannot write outputs in {good.folder}", "File too large")
@@ -370,19 +331,8 @@ def test_a_scheduler_that_does_not_answer(good, listens, says):
         else:
             s.close()  # a port that was free a moment ago
         t0 = time.monotonic()
-        proc = geoseg(
-            "run",
-            "forest",
-            "--scene",
-            SCENE,
-            "--catalog",
-            str(good.catalog),
-            "--out",
-            str(good.out),
-            "--scheduler",
-            f"tcp://127.0.0.1:{port}",
-            timeout=60,
-        )
+        scheduler = ("--scheduler", f"tcp://127.0.0.1:{port}")
+        proc = geoseg(*run_args("forest", SCENE, good.catalog, good.out, *scheduler), timeout=60)
     assert time.monotonic() - t0 < 30  # generous: start-up, planning, the 5-10 s deadline
     one_error_line(proc, f"tcp://127.0.0.1:{port}", says)
     good.assert_intact()
@@ -422,33 +372,9 @@ def test_a_signal_mid_run_leaves_no_temporary_file_and_the_run_resumes(
     big_scene, tmp_path, sig, status, word, group
 ):
     out = tmp_path / "out"
-    args = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "run",
-        "forest",
-        "--scene",
-        SCENE,
-        "--catalog",
-        str(big_scene),
-        "--out",
-        str(out),
-        "--tile-size",
-        "32",
-        "--workers",
-        "1",
-        "--quiet",
-    ]
+    args = _quiet_run("forest", big_scene, out, "--tile-size", "32")
     folder = out / "forest" / SCENE
-    proc = subprocess.Popen(
-        args,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=group,
-    )
+    proc = start_geoseg(*args, start_new_session=group)
     try:
         _wait_until_classifying(proc, folder)
         assert proc.poll() is None, "the run ended before it could be stopped"
@@ -465,7 +391,7 @@ def test_a_signal_mid_run_leaves_no_temporary_file_and_the_run_resumes(
     assert sorted(p.name for p in folder.iterdir()) == [".work"]
     kept = len(list(folder.glob(".work/*/*.npy")))
     assert 0 < kept < 225
-    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    again = geoseg(*args, timeout=300)
     assert again.returncode == 0 and again.stderr == "", again.stderr
     summary = json.loads((folder / "run.json").read_text())
     assert summary["execution"]["resumed_blocks"] == kept

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ from tests.cluster import (
     patchy_scene,
     worker_pids,
 )
-from tests.conftest import ROOT
+from tests.helpers import geoseg, run_args, start_geoseg
 
 #: Scene edge and block edge: 256 blocks, a few seconds of tiles on two one-thread workers.
 SIZE, TILE = 1024, 64
@@ -60,7 +59,7 @@ def cluster(tmp_path: Path) -> Iterator[DaskProcesses]:
 def reference(catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The outputs of an undisturbed run on a local cluster."""
     out = tmp_path_factory.mktemp("reference")
-    proc = subprocess.run(_command(catalog, out, "--workers", "2"), **_captured())
+    proc = geoseg(*_command(catalog, out, "--workers", "2"))
     assert proc.returncode == 0, proc.stderr
     return out / "forest" / "synth"
 
@@ -162,7 +161,7 @@ def test_scheduler_killed_mid_run_is_one_error_and_resumes(catalog, reference, c
     assert cached >= done_at_kill
 
     # The next run, on a local cluster this time, takes the finished blocks as they are.
-    again = subprocess.run(_command(catalog, out, "--workers", "2"), **_captured())
+    again = geoseg(*_command(catalog, out, "--workers", "2"))
     assert again.returncode == 0, again.stderr
     summary = json.loads((folder / "run.json").read_text(encoding="utf-8"))
     assert summary["execution"]["resumed_blocks"] == cached > 0
@@ -176,9 +175,7 @@ def test_scheduler_lost_in_a_batch_ends_the_batch(catalog, cluster, tmp_path):
     command = _command(catalog, out, "--scheduler", cluster.address)
     at = command.index("--scene")
     command[at : at + 2] = ["--all"]  # the catalog's every scene, as a batch
-    run = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    run = start_geoseg(*command)
     try:
         _wait_for_blocks(out, run)
         assert cluster.scheduler is not None
@@ -194,38 +191,12 @@ def test_scheduler_lost_in_a_batch_ends_the_batch(catalog, cluster, tmp_path):
 
 
 def _command(catalog: Path, out: Path, *extra: str) -> list[str]:
-    """``geoseg run forest`` on the patchy scene in TILE-pixel blocks, quiet."""
-    return [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "run",
-        "forest",
-        "--scene",
-        "synth",
-        "--catalog",
-        str(catalog),
-        "--out",
-        str(out),
-        "--tile-size",
-        str(TILE),
-        "--quiet",
-        *extra,
-    ]
-
-
-def _captured() -> dict[str, Any]:
-    return {"cwd": ROOT, "capture_output": True, "text": True, "timeout": 600, "check": False}
+    """The arguments of ``geoseg run forest`` on the patchy scene in TILE-pixel blocks, quiet."""
+    return run_args("forest", "synth", catalog, out, "--tile-size", str(TILE), "--quiet", *extra)
 
 
 def _start_run(catalog: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        _command(catalog, out, *extra),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_geoseg(*_command(catalog, out, *extra))
 
 
 def _blocks_done(out: Path) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +30,9 @@ from pipeline.orchestrate import resume_key
 from pipeline.planning import plan_run
 from pipeline.remote import redact, remote_fingerprint
 from pipeline.workflow import load_workflow
+from tests.helpers import geoseg
 from tests.remote_servers import Served, serve_files, serve_s3
 
-ROOT = Path(__file__).resolve().parents[1]
 BANDS = ["green", "red", "nir", "swir16"]
 #: The window every run takes, in the scene's CRS (EPSG:32618): 300×300 pixels of forest,
 #: fields and water, inside 2×2 of the COG's tiles.
@@ -116,14 +115,7 @@ def _stac_item(href: str) -> dict[str, object]:
 
 
 def _geoseg(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=300,
-    )
+    return geoseg(*args, env=env, timeout=300)
 
 
 def _s3_env(tmp: Path, endpoint: str) -> dict[str, str]:

@@ -6,12 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import geoseg, run_args, run_python
 
 #: Runs the real CLI, killing itself with SIGKILL after KILL_AFTER raster block writes.
 _KILLER = """
@@ -31,40 +30,14 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _geoseg(args: list[str], kill_after: int | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    code = ["-m", "pipeline"]
-    if kill_after is not None:
-        env["KILL_AFTER"] = str(kill_after)
-        code = ["-c", _KILLER]
-    return subprocess.run(
-        [sys.executable, *code, *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    if kill_after is None:
+        return geoseg(*args)
+    return run_python("-c", _KILLER, *args, env={**os.environ, "KILL_AFTER": str(kill_after)})
 
 
 def _args(catalog: Path, out: Path, halo: int = 0) -> list[str]:
-    return [
-        "run",
-        "forest",
-        "--scene",
-        "synth",
-        "--catalog",
-        str(catalog),
-        "--out",
-        str(out),
-        "--tile-size",
-        "16",
-        "--halo",
-        str(halo),
-        "--workers",
-        "1",
-        "--quiet",
-    ]
+    extra = ("--tile-size", "16", "--halo", str(halo), "--workers", "1", "--quiet")
+    return run_args("forest", "synth", catalog, out, *extra)
 
 
 @pytest.mark.slow

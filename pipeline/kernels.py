@@ -662,35 +662,31 @@ def _on_cut(x0: int, y0: int, x1: int, y1: int, cut_x: np.ndarray, cut_y: np.nda
 
 
 @numba.njit(cache=True)
-def _count_segments(
-    coords: np.ndarray,
+def _segment_bounds(
     ring_offsets: np.ndarray,
     poly_offsets: np.ndarray,
     group_offsets: np.ndarray,
     group_polys: np.ndarray,
     cut_x: np.ndarray,
     cut_y: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per group: segments once cut into unit steps on the cut lines, and those unit steps."""
+) -> tuple[np.ndarray, int]:
+    """Per group, the segments of its rings; and at most how many unit steps lie on cut lines.
+
+    A ring's segments on cut lines are cut into unit steps. Each unit edge of a cut line
+    borders two pixels and so lies on at most two pieces' rings: all groups together have
+    at most twice the cut lines' length of such steps, and at most that many more segments.
+    """
     n_groups = group_offsets.shape[0] - 1
-    total = np.zeros(n_groups, dtype=np.int64)
-    on_cut = np.zeros(n_groups, dtype=np.int64)
+    width = cut_x.shape[0] - 1
+    height = cut_y.shape[0] - 1
+    on_cut = 2 * (np.count_nonzero(cut_x) * height + np.count_nonzero(cut_y) * width)
+    segments = np.zeros(n_groups, dtype=np.int64)
     for g in range(n_groups):
         for t in range(group_offsets[g], group_offsets[g + 1]):
             p = group_polys[t]
-            for r in range(poly_offsets[p], poly_offsets[p + 1]):
-                for i in range(ring_offsets[r], ring_offsets[r + 1] - 1):
-                    x0 = int(coords[i, 0])
-                    y0 = int(coords[i, 1])
-                    x1 = int(coords[i + 1, 0])
-                    y1 = int(coords[i + 1, 1])
-                    if _on_cut(x0, y0, x1, y1, cut_x, cut_y):
-                        steps = abs(x1 - x0) + abs(y1 - y0)
-                        total[g] += steps
-                        on_cut[g] += steps
-                    else:
-                        total[g] += 1
-    return total, on_cut
+            segments[g] += ring_offsets[poly_offsets[p + 1]] - ring_offsets[poly_offsets[p]]
+            segments[g] -= poly_offsets[p + 1] - poly_offsets[p]  # the closing vertices
+    return segments, on_cut
 
 
 @numba.njit(cache=True)
@@ -741,6 +737,69 @@ def _order_holes(out: np.ndarray, out_rings: np.ndarray, first: int, last: int) 
 
 
 @numba.njit(cache=True)
+def _ring_segments(
+    coords: np.ndarray,
+    a: int,
+    m: int,
+    backwards: bool,
+    cut_x: np.ndarray,
+    cut_y: np.ndarray,
+    work: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    n: int,
+    n_cut: int,
+) -> tuple[int, int, int]:
+    """The ring ``coords[a:a + m + 1]``'s segments, written from ``n`` on: (n, n_cut, area).
+
+    ``work`` holds :func:`join_pieces`' segment arrays (``sx``, ``sy``, ``nxt``, ``state``)
+    and its cut steps' (``cut_key``, ``cut_seg``). Segments on cut lines go in unit steps,
+    also listed from ``n_cut`` on by their undirected edge; each segment's ``nxt`` is the one
+    after it (the caller closes the ring). ``area`` is twice the ring's signed area as stored.
+    Where the unit steps would not fit, ``n_cut`` is -1.
+    """
+    sx, sy, nxt, state, cut_key, cut_seg = work
+    stride = cut_x.shape[0]
+    area2 = 0
+    for j in range(m):
+        i0 = a + m - j if backwards else a + j
+        i1 = i0 - 1 if backwards else i0 + 1
+        x0 = int(coords[i0, 0])
+        y0 = int(coords[i0, 1])
+        x1 = int(coords[i1, 0])
+        y1 = int(coords[i1, 1])
+        area2 += x0 * y1 - x1 * y0
+        if x0 == x1 and y0 == y1:
+            continue
+        if _on_cut(x0, y0, x1, y1, cut_x, cut_y):
+            ux = _sign(x1 - x0)
+            uy = _sign(y1 - y0)
+            steps = abs(x1 - x0) + abs(y1 - y0)
+            if n_cut + steps > cut_key.shape[0]:
+                return n, -1, area2
+            for step in range(steps):
+                x = x0 + step * ux
+                y = y0 + step * uy
+                sx[n] = x
+                sy[n] = y
+                nxt[n] = n + 1
+                state[n] = 1
+                # The undirected unit edge: its lower-left end and its axis.
+                if ux != 0:
+                    cut_key[n_cut] = (y * stride + min(x, x + ux)) * 2
+                else:
+                    cut_key[n_cut] = (min(y, y + uy) * stride + x) * 2 + 1
+                cut_seg[n_cut] = n
+                n_cut += 1
+                n += 1
+        else:
+            sx[n] = x0
+            sy[n] = y0
+            nxt[n] = n + 1
+            state[n] = 1
+            n += 1
+    return n, n_cut, area2
+
+
+@numba.njit(cache=True)
 def join_pieces(
     coords: np.ndarray,
     ring_offsets: np.ndarray,
@@ -774,17 +833,14 @@ def join_pieces(
     vertices, unlike a general polygon union.
     """
     n_groups = group_offsets.shape[0] - 1
-    stride = cut_x.shape[0]
-    total, on_cut = _count_segments(
-        coords, ring_offsets, poly_offsets, group_offsets, group_polys, cut_x, cut_y
+    # Arrays sized by bounds rather than by a pass over every vertex: the pages of np.empty
+    # that are never written cost no memory.
+    segments, steps = _segment_bounds(
+        ring_offsets, poly_offsets, group_offsets, group_polys, cut_x, cut_y
     )
-    most = 1
-    most_cut = 1
-    all_segments = 0
-    for g in range(n_groups):
-        most = max(most, total[g])
-        most_cut = max(most_cut, on_cut[g])
-        all_segments += total[g]
+    most_cut = max(1, steps)
+    most = (segments.max() if n_groups else 0) + most_cut
+    all_segments = segments.sum() + most_cut
     # Per group: start vertex, next segment along the piece's ring, 0 gone / 1 left / 2 walked.
     sx = np.empty(most, dtype=np.int32)
     sy = np.empty(most, dtype=np.int32)
@@ -792,6 +848,7 @@ def join_pieces(
     state = np.empty(most, dtype=np.uint8)
     cut_key = np.empty(most_cut, dtype=np.int64)
     cut_seg = np.empty(most_cut, dtype=np.int64)
+    work = (sx, sy, nxt, state, cut_key, cut_seg)
     spec_key = np.empty(1024, dtype=np.int64)
     spec_seg = np.empty(1024, dtype=np.int64)
     # Bitmaps over the group's bounding box: vertices one segment leaves, and vertices to look
@@ -814,49 +871,27 @@ def join_pieces(
             for r in range(poly_offsets[p], poly_offsets[p + 1]):
                 a = ring_offsets[r]
                 m = ring_offsets[r + 1] - 1 - a
-                area2 = 0
-                for i in range(a, a + m):
-                    area2 += int(coords[i, 0]) * int(coords[i + 1, 1]) - int(
-                        coords[i + 1, 0]
-                    ) * int(coords[i, 1])
-                # Exterior negative (counter-clockwise on screen), holes positive.
-                flip = area2 > 0 if r == poly_offsets[p] else area2 < 0
                 first = n
-                for j in range(m):
-                    i0 = a + m - j if flip else a + j
-                    i1 = i0 - 1 if flip else i0 + 1
-                    x0 = int(coords[i0, 0])
-                    y0 = int(coords[i0, 1])
-                    x1 = int(coords[i1, 0])
-                    y1 = int(coords[i1, 1])
-                    if x0 == x1 and y0 == y1:
-                        continue
-                    if _on_cut(x0, y0, x1, y1, cut_x, cut_y):
-                        ux = _sign(x1 - x0)
-                        uy = _sign(y1 - y0)
-                        for step in range(abs(x1 - x0) + abs(y1 - y0)):
-                            x = x0 + step * ux
-                            y = y0 + step * uy
-                            sx[n] = x
-                            sy[n] = y
-                            nxt[n] = n + 1
-                            state[n] = 1
-                            # The undirected unit edge: its lower-left end and its axis.
-                            if ux != 0:
-                                cut_key[n_cut] = (y * stride + min(x, x + ux)) * 2
-                            else:
-                                cut_key[n_cut] = (min(y, y + uy) * stride + x) * 2 + 1
-                            cut_seg[n_cut] = n
-                            n_cut += 1
-                            n += 1
-                    else:
-                        sx[n] = x0
-                        sy[n] = y0
-                        nxt[n] = n + 1
-                        state[n] = 1
-                        n += 1
+                first_cut = n_cut
+                for attempt in range(2):
+                    n, n_cut, area2 = _ring_segments(
+                        coords, a, m, attempt == 1, cut_x, cut_y, work, first, first_cut
+                    )
+                    # Exterior negative (counter-clockwise on screen), holes positive: a ring
+                    # the other way round is read again, backwards.
+                    wrong_way = area2 > 0 if r == poly_offsets[p] else area2 < 0
+                    if n_cut < 0 or attempt == 1 or not wrong_way:
+                        break
+                if n_cut < 0:
+                    break  # more unit steps on cut lines than edges there: not pieces of a cover
                 if n > first:
                     nxt[n - 1] = first
+            if n_cut < 0:
+                break
+        if n_cut < 0:
+            ok[g] = False
+            out_polys[g + 1] = n_rings
+            continue
 
         # A unit step whose reverse is in the group lies between two of its pieces.
         if n_cut > 1:

@@ -432,8 +432,14 @@ def test_sieve_without_small_regions_returns_its_input() -> None:
 # --- joining pieces across block edges ----------------------------------------------------
 
 
-def _joined_by_blocks(labels: np.ndarray, step: int) -> tuple[list[shapely.Polygon], np.ndarray]:
-    """Trace each ``step``-sized block on its own, then join each label's pieces."""
+def _joined_by_blocks(
+    labels: np.ndarray, step: int, backwards: bool = False, times: int = 1
+) -> tuple[list[shapely.Polygon], np.ndarray]:
+    """Trace each ``step``-sized block on its own, then join each label's pieces.
+
+    ``backwards`` gives the join every ring the other way round; ``times`` lists each piece
+    that many times in its group.
+    """
     h, w = labels.shape
     n = int(labels.max())
     coords, rings, polys, owner = [], [0], [0], []
@@ -448,11 +454,14 @@ def _joined_by_blocks(labels: np.ndarray, step: int) -> tuple[list[shapely.Polyg
                 owner += [lab] * k
                 count += k
             xy, ring_offsets, poly_offsets = kernels.trace_polygons(pieces, count, c, r)
+            if backwards:
+                for lo, hi in zip(ring_offsets[:-1], ring_offsets[1:], strict=True):
+                    xy[lo:hi] = xy[lo:hi][::-1].copy()
             polys += list(poly_offsets[1:] + len(rings) - 1)
             rings += list(ring_offsets[1:] + sum(len(x) for x in coords))
             coords.append(xy)
-    owner_a = np.asarray(owner)
-    members = np.argsort(owner_a, kind="stable").astype(np.int64)
+    owner_a = np.repeat(np.asarray(owner), times)
+    members = np.argsort(owner_a, kind="stable").astype(np.int64) // times
     group_offsets = np.concatenate([[0], np.cumsum(np.bincount(owner_a, minlength=n + 1)[1:])])
     cut_x = np.zeros(w + 1, np.bool_)
     cut_y = np.zeros(h + 1, np.bool_)
@@ -474,8 +483,8 @@ def _joined_by_blocks(labels: np.ndarray, step: int) -> tuple[list[shapely.Polyg
     return joined, ok
 
 
-def _assert_joins_to_whole(labels: np.ndarray, step: int) -> None:
-    joined, ok = _joined_by_blocks(labels, step)
+def _assert_joins_to_whole(labels: np.ndarray, step: int, backwards: bool = False) -> None:
+    joined, ok = _joined_by_blocks(labels, step, backwards)
     assert ok.all()
     whole = _traced(labels)
     for got, want in zip(joined, whole, strict=True):
@@ -498,6 +507,22 @@ def test_join_pieces_rebuilds_the_whole_trace_on_random_rasters(kind: str, step:
     classes = _random_classes((45, 52), 3, kind)
     labels, _ = kernels.label_regions(classes, _order([2, 0, 1]))
     _assert_joins_to_whole(labels, step)
+
+
+@pytest.mark.parametrize("step", [4, 7])
+def test_join_pieces_reads_rings_given_the_other_way_round(step: int) -> None:
+    classes = _random_classes((45, 52), 5, "patches")
+    labels, _ = kernels.label_regions(classes, _order([0, 1, 2]))
+    _assert_joins_to_whole(labels, step, backwards=True)
+
+
+def test_join_pieces_reports_pieces_that_overlap_instead_of_writing_past_its_arrays() -> None:
+    labels = np.ones((4, 4), np.int32)
+    joined, ok = _joined_by_blocks(labels, 2, times=1)
+    assert ok.all() and len(joined[0]) == 1
+    # Each 2×2 piece twice: twice the unit steps the cut lines can hold.
+    joined, ok = _joined_by_blocks(labels, 2, times=2)
+    assert not ok[0] and joined[0] == []
 
 
 def test_join_pieces_reports_pieces_that_do_not_touch() -> None:

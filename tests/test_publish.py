@@ -360,6 +360,36 @@ def test_polygon_writer_gathers_batches_into_fewer_writes(tmp_path: Path, monkey
         np.testing.assert_array_equal(got, expected, err_msg=name)
 
 
+@pytest.mark.parametrize("staged", [False, True])
+def test_polygon_layers_get_large_pages_and_only_staged_ones_skip_syncing(
+    tmp_path: Path, monkeypatch, staged: bool
+) -> None:
+    x0, y0 = ORIGIN
+    wkb = np.array(shapely.to_wkb([shapely.box(x0, y0 - 10, x0 + 10, y0)] * 3), dtype=object)
+    settings: list[tuple[object, ...]] = []
+    real_write = pyogrio.raw.write
+
+    def watched(*args, **kwargs):
+        options = ("OGR_SQLITE_PRAGMA", "OGR_SQLITE_SYNCHRONOUS")
+        settings.append(tuple(pyogrio.get_gdal_config_option(o) for o in options))
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(pyogrio.raw, "write", watched)
+    path = tmp_path / "polygons.gpkg"
+    writer = PolygonWriter(path, "forest", CRS.from_string(UTM18).to_wkt(), staged=staged)
+    writer.append(wkb, _fields(3))
+    writer.close()
+    # pyogrio reads GDAL's "OFF" back as False.
+    assert settings[0] == ("page_size=65536", False if staged else None)
+    # Set for the write only: GDAL's settings are as they were.
+    assert pyogrio.get_gdal_config_option("OGR_SQLITE_PRAGMA") is None
+    assert pyogrio.get_gdal_config_option("OGR_SQLITE_SYNCHRONOUS") is None
+    with sqlite3.connect(path) as db:
+        assert db.execute("pragma page_size").fetchone()[0] == 65536
+        assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
+    assert list(pyogrio.raw.read(path, layer="forest")[2]) == list(wkb)
+
+
 def test_write_polygons_empty(tmp_path: Path) -> None:
     path = tmp_path / "polygons.gpkg"
     fields = _fields(0)

@@ -41,7 +41,7 @@ from pipeline.orchestrate.cluster import (
     worker_threads,
 )
 from pipeline.orchestrate.feeding import uses_one_model
-from pipeline.orchestrate.finish import EarlyWork, lower_thread_priority, publish
+from pipeline.orchestrate.finish import EarlyWork, lower_thread_priority, publish, warm_up_client
 from pipeline.orchestrate.polygons import labels_folder, vectorize_on_cluster
 from pipeline.orchestrate.tiles import WorkingRasters, classify_blocks, resume_key
 from pipeline.planning import RunPlan, check_masked, default_cache, plan_run
@@ -214,4 +214,5 @@ __all__ = [
     "run",
     "run_plan",
     "vectorize_on_cluster",
+    "warm_up_client",
 ]

@@ -99,6 +99,7 @@ def test_pss_divides_shared_pages_among_the_processes_that_map_them():
     """Three processes map the same 200 MB: each's RSS counts it whole, PSS a third of it."""
     import subprocess
     import sys
+    import threading
     import time
 
     from pipeline.bench.common import MemorySampler
@@ -115,6 +116,11 @@ def test_pss_divides_shared_pages_among_the_processes_that_map_them():
             assert 60 < pss < 90  # a third of it, and a share of the interpreter
         assert 200 < memory.total_pss_mb < 260  # the 200 MB once, not three times
         assert memory.peak_pss_mb([proc.pid]) == memory.peaks[proc.pid][1]
+        # A timed pass watches nothing: no sample, no thread reading the processes' maps.
+        with MemorySampler(proc.pid, interval=0.05, enabled=False) as unwatched:
+            time.sleep(0.2)
+            assert "geoseg-memory" not in [t.name for t in threading.enumerate()]
+        assert unwatched.peaks == {}
     finally:
         for child in __import__("psutil").Process(proc.pid).children():
             child.kill()

@@ -51,11 +51,17 @@ class MemorySampler:
     processes add up to what the run costs the machine. The kernel keeps no PSS high-water
     mark, so a thread samples ``/proc/PID/smaps_rollup`` (through psutil) every ``interval``
     seconds: a peak shorter than that can be missed.
+
+    Reading a process's memory map takes its page tables' lock and CPU from the cores it runs
+    on: sampling slowed the model stage by 9 % (``BENCHMARKS.md``, "Time and memory in
+    separate passes"). Benchmarks therefore time a step in one pass, with ``enabled`` False
+    (nothing is sampled), and take its memory from a second (:func:`memory_figures`).
     """
 
-    def __init__(self, pid: int | None = None, interval: float = 0.2) -> None:
+    def __init__(self, pid: int | None = None, interval: float = 0.2, enabled: bool = True) -> None:
         import psutil
 
+        self.enabled = enabled
         self._root = psutil.Process(pid)
         self._interval = interval
         self._stop = threading.Event()
@@ -66,14 +72,16 @@ class MemorySampler:
         self.total_pss_mb = 0.0
 
     def __enter__(self) -> MemorySampler:
-        self.sample()
-        self._thread.start()
+        if self.enabled:
+            self.sample()
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
+        if self.enabled:
+            self._stop.set()
+            self._thread.join()
+            self.sample()
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
@@ -95,9 +103,24 @@ class MemorySampler:
             total += pss
         self.total_pss_mb = max(self.total_pss_mb, total)
 
+    def pss_figures(self, worker_pids: Iterable[int]) -> dict[str, float]:
+        """Peak PSS of this process, of the largest worker, of the whole run; none if disabled."""
+        if not self.enabled:
+            return {}
+        return {
+            "client_peak_pss_mb": self.peak_pss_mb([os.getpid()]),
+            "worker_peak_pss_mb": self.peak_pss_mb(worker_pids),
+            "run_peak_pss_mb": self.total_pss_mb,
+        }
+
     def peak_pss_mb(self, pids: Iterable[int]) -> float:
         """The largest PSS peak among ``pids`` (0 for none sampled)."""
         return max((self.peaks[p][1] for p in pids if p in self.peaks), default=0.0)
+
+
+def memory_figures(result: dict[str, Any]) -> dict[str, Any]:
+    """The peak memory figures (RSS and PSS, MB) of a step's result, without its times."""
+    return {key: value for key, value in result.items() if key.endswith(("_rss_mb", "_pss_mb"))}
 
 
 def default_workers() -> int:

@@ -35,7 +35,13 @@ from typing import Any, TypeVar, cast
 import numpy as np
 import yaml
 
-from pipeline.bench.common import MemorySampler, bench_grid, in_subprocess, peak_rss_mb
+from pipeline.bench.common import (
+    MemorySampler,
+    bench_grid,
+    in_subprocess,
+    memory_figures,
+    peak_rss_mb,
+)
 from pipeline.bench.scenes import SCENE_BANDS, write_scene
 from pipeline.errors import ConfigError
 from pipeline.grid import Block, blocks
@@ -407,11 +413,18 @@ def run_mask_only(catalog: str, tile: str, workers: str) -> dict[str, Any]:
 
 
 def run_pipeline(
-    catalog: str, workflow_json: str, out: str, workers: str, one_model: str = "0"
+    catalog: str,
+    workflow_json: str,
+    out: str,
+    workers: str,
+    one_model: str = "0",
+    watch_memory: str = "1",
 ) -> dict[str, Any]:
     """``geoseg run`` on the generated scene, on a cluster started off the clock.
 
-    With ``one_model`` ("1"), one worker holds the model and the others feed it.
+    With ``one_model`` ("1"), one worker holds the model and the others feed it. With
+    ``watch_memory`` ("1"), the processes' PSS is sampled through the run (see
+    :class:`~pipeline.bench.common.MemorySampler`), which slows it.
     """
     import pyogrio
 
@@ -428,7 +441,8 @@ def run_pipeline(
         import segmentation_models_pytorch  # noqa: F401
 
     fed = one_model == "1"
-    with MemorySampler() as memory, dask_client(int(workers), None, fed) as client:
+    sampler = MemorySampler(enabled=watch_memory == "1")
+    with sampler as memory, dask_client(int(workers), None, fed) as client:
         startup = time.perf_counter() - t0
         address = client.scheduler.address
         cpu0 = os.times()
@@ -455,10 +469,7 @@ def run_pipeline(
         "polygons": int(pyogrio.read_info(str(gpkg), layer="bench")["features"]),
         "client_peak_rss_mb": peak_rss_mb(),
         "worker_peak_rss_mb": max(worker_rss.values()),
-        "client_peak_pss_mb": memory.peak_pss_mb([os.getpid()]),
-        "worker_peak_pss_mb": memory.peak_pss_mb(worker_pids),
-        "run_peak_pss_mb": memory.total_pss_mb,
-    }
+    } | memory.pss_figures(worker_pids)
 
 
 def run_peer(scene: str, workflow_json: str, out: str, threads: str) -> dict[str, Any]:
@@ -593,7 +604,10 @@ def bench_model(
         one = "1" if fed else "0"
         alone = in_subprocess(step + "run_model_only", wf, str(size), n, one)
         out = str(folder / "out")
-        pipe = in_subprocess(step + "run_pipeline", str(catalog), wf, out, n, one)
+        # Timed with nothing watching its processes; its memory from a second, watched run.
+        pipe = in_subprocess(step + "run_pipeline", str(catalog), wf, out, n, one, "0")
+        watched = in_subprocess(step + "run_pipeline", str(catalog), wf, out + "-memory", n, one)
+        pipe |= memory_figures(watched)
         result: dict[str, Any] = {
             "size": size,
             "workers": workers,

@@ -348,11 +348,16 @@ def big_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return catalog_yaml(root, {SCENE: entry(forest_scene(root / "scene", 480, 480))})
 
 
+def _cached_blocks(folder: Path) -> list[Path]:
+    """The blocks in the run's resume cache (not one still being written, a dot file)."""
+    return [p for p in folder.glob(".work/*/*.npy") if not p.name.startswith(".")]
+
+
 def _wait_until_classifying(proc: subprocess.Popen[str], folder: Path) -> None:
     """Return once a block is in the resume cache beside the working raster, or the run ended."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        if (folder / ".classes.work.tif.scratch").exists() and any(folder.glob(".work/*/*.npy")):
+        if (folder / ".classes.work.tif.scratch").exists() and _cached_blocks(folder):
             return
         time.sleep(0.02)
 
@@ -389,7 +394,7 @@ def test_a_signal_mid_run_leaves_no_temporary_file_and_the_run_resumes(
     finished = subprocess.CompletedProcess(args, proc.returncode, "", stderr)
     one_error_line(finished, word, "no output was replaced", status=status)
     assert sorted(p.name for p in folder.iterdir()) == [".work"]
-    kept = len(list(folder.glob(".work/*/*.npy")))
+    kept = len(_cached_blocks(folder))
     assert 0 < kept < 225
     again = geoseg(*args, timeout=300)
     assert again.returncode == 0 and again.stderr == "", again.stderr

@@ -402,97 +402,136 @@ def _merge_small_groups(
     """
     n = len(sizes) - 1
     n_small = len(roots)
+    graph = (adj_start, adj_nb, adj_cnt)
     # Groups of merged regions: union-find roots carry size and class; members form a linked
-    # list, so a small group can gather its members' neighbours. A small group holds only
-    # regions small from the start, whose neighbour lists are complete.
+    # list (``nxt``, with each root's ``tail``), so a small group can gather its members'
+    # neighbours. A small group holds only regions small from the start, whose neighbour
+    # lists are complete.
     parent = np.arange(n + 1).astype(np.int32)
-    gsize = sizes
-    gclass = region_class
     tail = np.arange(n + 1).astype(np.int32)
     nxt = np.full(n + 1, -1, dtype=np.int32)
-    into_large = np.zeros(256, dtype=np.int64)
-    into_any = np.zeros(256, dtype=np.int64)
-    seen = np.zeros(256, dtype=np.int64)
-    touched = np.empty(256, dtype=np.int64)
+    groups = (parent, sizes, region_class, tail, nxt)
     changed = np.empty(n_small, dtype=np.int32)
     new_class = np.empty(n_small, dtype=np.uint8)
     members = np.empty(n_small, dtype=np.int32)
     n_roots = n_small  # roots[:n_roots]: the groups still small, from the last pass
-    visit = 0
     for _ in range(passes):
-        kept = 0
-        n_dec = 0
-        for t in range(n_roots):
-            g = roots[t]
-            if parent[g] != g or gsize[g] >= size:
-                continue
-            roots[kept] = g
-            kept += 1
-            visit += 1
-            n_touched = 0
-            has_large = False
-            mem = g
-            while mem != -1:
-                for j in range(adj_start[mem], adj_start[mem + 1]):
-                    other = _find(parent, adj_nb[j])
-                    if other == g:
-                        continue
-                    cls = gclass[other]
-                    if seen[cls] != visit:
-                        seen[cls] = visit
-                        touched[n_touched] = cls
-                        n_touched += 1
-                    if gsize[other] >= size:
-                        into_large[cls] += adj_cnt[j]
-                        has_large = True
-                    else:
-                        into_any[cls] += adj_cnt[j]
-                mem = nxt[mem]
-            if n_touched == 0:
-                continue
-            # Neighbours in large regions decide; only a group with small neighbours alone
-            # takes theirs. Most pixel pairs wins, ties to the smaller class.
-            best = -1
-            best_cls = 0
-            for i in range(n_touched):
-                cls = touched[i]
-                total = into_large[cls] if has_large else into_any[cls]
-                if total > best or (total == best and cls < best_cls):
-                    best = total
-                    best_cls = cls
-                into_large[cls] = 0
-                into_any[cls] = 0
-            if best_cls != gclass[g]:
-                changed[n_dec] = g
-                new_class[n_dec] = best_cls
-                n_dec += 1
-        n_roots = kept
-        if n_dec == 0:
+        n_roots, n_changed = _decide_small_groups(
+            size, roots, n_roots, graph, groups, changed, new_class
+        )
+        if n_changed == 0:
             break  # nothing changes class, so nothing new touches its own class
-        # All groups decide at once, on the classes before the pass. Only a group that
-        # changed class can now touch another of its class: merge along its members' pairs.
-        n_mem = 0
-        for t in range(n_dec):
-            g = changed[t]
-            gclass[g] = new_class[t]
-            mem = g
-            while mem != -1:
-                members[n_mem] = mem
-                n_mem += 1
-                mem = nxt[mem]
-        for t in range(n_mem):
-            a = members[t]
-            for j in range(adj_start[a], adj_start[a + 1]):
-                ra = _find(parent, a)
-                rb = _find(parent, adj_nb[j])
-                if ra != rb and gclass[ra] == gclass[rb]:
-                    if rb < ra:
-                        ra, rb = rb, ra
-                    parent[rb] = ra
-                    gsize[ra] += gsize[rb]
-                    nxt[tail[ra]] = rb
-                    tail[ra] = tail[rb]
+        _merge_changed(n_changed, changed, new_class, graph, groups, members)
     return parent
+
+
+@numba.njit(cache=True)
+def _decide_small_groups(
+    size: int,
+    roots: np.ndarray,
+    n_roots: int,
+    graph: tuple[np.ndarray, np.ndarray, np.ndarray],
+    groups: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    changed: np.ndarray,
+    new_class: np.ndarray,
+) -> tuple[int, int]:
+    """One pass's decisions: each group still small chooses a class, all on the same state.
+
+    ``roots[:n_roots]`` are the groups small after the last pass; those still small are
+    kept at its front. The groups whose class changes go into ``changed`` with their
+    ``new_class``. Returns (groups kept, groups changed).
+    """
+    adj_start, adj_nb, adj_cnt = graph
+    parent, gsize, gclass, _, nxt = groups
+    into_large = np.zeros(256, dtype=np.int64)
+    into_any = np.zeros(256, dtype=np.int64)
+    seen = np.zeros(256, dtype=np.int64)
+    touched = np.empty(256, dtype=np.int64)
+    kept = 0
+    n_changed = 0
+    for t in range(n_roots):
+        g = roots[t]
+        if parent[g] != g or gsize[g] >= size:
+            continue
+        roots[kept] = g
+        kept += 1
+        n_touched = 0
+        has_large = False
+        mem = g
+        while mem != -1:
+            for j in range(adj_start[mem], adj_start[mem + 1]):
+                other = _find(parent, adj_nb[j])
+                if other == g:
+                    continue
+                cls = gclass[other]
+                if seen[cls] != kept:
+                    seen[cls] = kept
+                    touched[n_touched] = cls
+                    n_touched += 1
+                if gsize[other] >= size:
+                    into_large[cls] += adj_cnt[j]
+                    has_large = True
+                else:
+                    into_any[cls] += adj_cnt[j]
+            mem = nxt[mem]
+        if n_touched == 0:
+            continue
+        # Neighbours in large regions decide; only a group with small neighbours alone takes
+        # theirs. Most pixel pairs wins, ties to the smaller class.
+        best = -1
+        best_cls = 0
+        for i in range(n_touched):
+            cls = touched[i]
+            total = into_large[cls] if has_large else into_any[cls]
+            if total > best or (total == best and cls < best_cls):
+                best = total
+                best_cls = cls
+            into_large[cls] = 0
+            into_any[cls] = 0
+        if best_cls != gclass[g]:
+            changed[n_changed] = g
+            new_class[n_changed] = best_cls
+            n_changed += 1
+    return kept, n_changed
+
+
+@numba.njit(cache=True)
+def _merge_changed(
+    n_changed: int,
+    changed: np.ndarray,
+    new_class: np.ndarray,
+    graph: tuple[np.ndarray, np.ndarray, np.ndarray],
+    groups: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    members: np.ndarray,
+) -> None:
+    """Give the changed groups their new class; merge each with neighbours of that class.
+
+    All groups decided on the classes before the pass, so only a group that changed class
+    can now touch another of its class: the merges follow its members' pixel pairs.
+    """
+    adj_start, adj_nb, _ = graph
+    parent, gsize, gclass, tail, nxt = groups
+    n_mem = 0
+    for t in range(n_changed):
+        g = changed[t]
+        gclass[g] = new_class[t]
+        mem = g
+        while mem != -1:
+            members[n_mem] = mem
+            n_mem += 1
+            mem = nxt[mem]
+    for t in range(n_mem):
+        a = members[t]
+        for j in range(adj_start[a], adj_start[a + 1]):
+            ra = _find(parent, a)
+            rb = _find(parent, adj_nb[j])
+            if ra != rb and gclass[ra] == gclass[rb]:
+                if rb < ra:
+                    ra, rb = rb, ra
+                parent[rb] = ra
+                gsize[ra] += gsize[rb]
+                nxt[tail[ra]] = rb
+                tail[ra] = tail[rb]
 
 
 @numba.njit(cache=True)
@@ -581,56 +620,93 @@ def trace_polygons(
                 ring_start[n_rings] = k
                 ring_label[n_rings] = lab
                 n_rings += 1
-                x0, y0, d0 = c, r, d
-                x, y = x0, y0
-                if k + 2 > xs.shape[0]:
-                    xs = _grow(xs, k + 2)
-                    ys = _grow(ys, k + 2)
-                xs[k] = x
-                ys[k] = y
-                k += 1
-                while True:
-                    if d == 0:
-                        walked[y - 1, x] |= 2
-                    elif d == 2:
-                        walked[y, x - 1] |= 1
-                    x += _DX[d]
-                    y += _DY[d]
-                    # The two pixels ahead, left and right of the walk.
-                    if d == 0:
-                        ahead_l = _label_at(labels, y - 1, x)
-                        ahead_r = _label_at(labels, y, x)
-                    elif d == 1:
-                        ahead_l = _label_at(labels, y, x)
-                        ahead_r = _label_at(labels, y, x - 1)
-                    elif d == 2:
-                        ahead_l = _label_at(labels, y, x - 1)
-                        ahead_r = _label_at(labels, y - 1, x - 1)
-                    else:
-                        ahead_l = _label_at(labels, y - 1, x - 1)
-                        ahead_r = _label_at(labels, y - 1, x)
-                    # Hug the pixels outside the region (on the right): at a pinch, where two
-                    # pixels of the region touch only at this corner, turn right around the
-                    # outside pixel, so rings touch at the corner instead of crossing it.
-                    if ahead_r == lab:
-                        nd = (d + 1) & 3
-                    elif ahead_l == lab:
-                        nd = d
-                    else:
-                        nd = (d + 3) & 3
-                    if nd != d:
-                        if k + 1 > xs.shape[0]:
-                            xs = _grow(xs, k + 1)
-                            ys = _grow(ys, k + 1)
-                        xs[k] = x
-                        ys[k] = y
-                        k += 1
-                        if x == x0 and y == y0 and nd == d0:
-                            break
-                    d = nd
+                k, xs, ys = _walk_ring(labels, walked, lab, c, r, d, xs, ys, k)
     ring_start[n_rings] = k
+    return _rings_by_label(n, n_rings, ring_start, ring_label, xs, ys, col_off, row_off)
 
-    # Group the rings by label; discovery order keeps each exterior before its holes.
+
+# Inlined where it is called: as a call of its own, tracing took about 9 % longer.
+@numba.njit(cache=True, inline="always")
+def _walk_ring(
+    labels: np.ndarray,
+    walked: np.ndarray,
+    lab: int,
+    x0: int,
+    y0: int,
+    d0: int,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    k: int,
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Walk the ring of ``lab`` from corner (x0, y0) heading ``d0``, the region on the left.
+
+    Its vertices, one where it turns and the first again at the end, go into ``xs`` and
+    ``ys`` from ``k`` on (grown when needed); the horizontal edges walked are marked in
+    ``walked``. Returns (k, xs, ys).
+    """
+    x, y, d = x0, y0, d0
+    if k + 2 > xs.shape[0]:
+        xs = _grow(xs, k + 2)
+        ys = _grow(ys, k + 2)
+    xs[k] = x
+    ys[k] = y
+    k += 1
+    while True:
+        if d == 0:
+            walked[y - 1, x] |= 2
+        elif d == 2:
+            walked[y, x - 1] |= 1
+        x += _DX[d]
+        y += _DY[d]
+        # The two pixels ahead, left and right of the walk.
+        if d == 0:
+            ahead_l = _label_at(labels, y - 1, x)
+            ahead_r = _label_at(labels, y, x)
+        elif d == 1:
+            ahead_l = _label_at(labels, y, x)
+            ahead_r = _label_at(labels, y, x - 1)
+        elif d == 2:
+            ahead_l = _label_at(labels, y, x - 1)
+            ahead_r = _label_at(labels, y - 1, x - 1)
+        else:
+            ahead_l = _label_at(labels, y - 1, x - 1)
+            ahead_r = _label_at(labels, y - 1, x)
+        # Hug the pixels outside the region (on the right): at a pinch, where two pixels of
+        # the region touch only at this corner, turn right around the outside pixel, so rings
+        # touch at the corner instead of crossing it.
+        if ahead_r == lab:
+            nd = (d + 1) & 3
+        elif ahead_l == lab:
+            nd = d
+        else:
+            nd = (d + 3) & 3
+        if nd != d:
+            if k + 1 > xs.shape[0]:
+                xs = _grow(xs, k + 1)
+                ys = _grow(ys, k + 1)
+            xs[k] = x
+            ys[k] = y
+            k += 1
+            if x == x0 and y == y0 and nd == d0:
+                return k, xs, ys
+        d = nd
+
+
+@numba.njit(cache=True)
+def _rings_by_label(
+    n: int,
+    n_rings: int,
+    ring_start: np.ndarray,
+    ring_label: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    col_off: int,
+    row_off: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rings grouped by label, offset to global corners: coords, ring and poly offsets.
+
+    Discovery order keeps each exterior before its holes, and the holes in raster order.
+    """
     poly_offsets = np.zeros(n + 1, dtype=np.int64)
     for i in range(n_rings):
         poly_offsets[ring_label[i]] += 1
@@ -642,7 +718,7 @@ def trace_polygons(
         lab = ring_label[i] - 1
         order[pos[lab]] = i
         pos[lab] += 1
-    coords = np.empty((k, 2), dtype=np.int32)
+    coords = np.empty((ring_start[n_rings], 2), dtype=np.int32)
     ring_offsets = np.empty(n_rings + 1, dtype=np.int64)
     ring_offsets[0] = 0
     out = 0
@@ -800,6 +876,277 @@ def _ring_segments(
 
 
 @numba.njit(cache=True)
+def _group_segments(
+    coords: np.ndarray,
+    ring_offsets: np.ndarray,
+    poly_offsets: np.ndarray,
+    polys: np.ndarray,
+    cut_x: np.ndarray,
+    cut_y: np.ndarray,
+    work: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[int, int]:
+    """The segments of the rings of ``polys``, each ring closed on itself: (n, n_cut).
+
+    Written into ``work`` by :func:`_ring_segments`, with the region on their left; ``n_cut``
+    is -1 where the unit steps on cut lines do not fit.
+    """
+    nxt = work[2]
+    n = 0
+    n_cut = 0
+    for p in polys:
+        for r in range(poly_offsets[p], poly_offsets[p + 1]):
+            a = ring_offsets[r]
+            m = ring_offsets[r + 1] - 1 - a
+            first = n
+            first_cut = n_cut
+            for attempt in range(2):
+                n, n_cut, area2 = _ring_segments(
+                    coords, a, m, attempt == 1, cut_x, cut_y, work, first, first_cut
+                )
+                # Exterior negative (counter-clockwise on screen), holes positive: a ring the
+                # other way round is read again, backwards.
+                wrong_way = area2 > 0 if r == poly_offsets[p] else area2 < 0
+                if n_cut < 0 or attempt == 1 or not wrong_way:
+                    break
+            if n_cut < 0:
+                return n, -1
+            if n > first:
+                nxt[n - 1] = first
+    return n, n_cut
+
+
+@numba.njit(cache=True)
+def _cancel_shared_steps(
+    n_cut: int,
+    work: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    """Drop each unit step whose reverse is in the group too: it lies between two pieces."""
+    sx, sy, _, state, cut_key, cut_seg = work
+    if n_cut < 2:
+        return
+    order = np.argsort(cut_key[:n_cut])
+    i = 0
+    while i < n_cut - 1:
+        s_a = cut_seg[order[i]]
+        s_b = cut_seg[order[i + 1]]
+        reverse = sx[s_a] != sx[s_b] or sy[s_a] != sy[s_b]
+        if cut_key[order[i]] == cut_key[order[i + 1]] and reverse:
+            state[s_a] = 0
+            state[s_b] = 0
+            i += 2
+        else:
+            i += 1
+
+
+@numba.njit(cache=True)
+def _outline_box(
+    n: int,
+    work: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[int, tuple[int, int, int, int]]:
+    """The segment from the outline's top-left vertex (-1: none), and the outline's box.
+
+    The top-left vertex lies on the exterior only. The box is (x_lo, y_lo, x_hi, y_hi).
+    """
+    sx, sy, _, state, _, _ = work
+    s_top = -1
+    x_lo = y_lo = 1 << 62
+    x_hi = y_hi = -1
+    for s in range(n):
+        if state[s]:
+            x_lo = min(x_lo, sx[s])
+            x_hi = max(x_hi, sx[s])
+            y_lo = min(y_lo, sy[s])
+            y_hi = max(y_hi, sy[s])
+            if s_top < 0 or sy[s] < sy[s_top] or (sy[s] == sy[s_top] and sx[s] < sx[s_top]):
+                s_top = s
+    return s_top, (x_lo, y_lo, x_hi, y_hi)
+
+
+@numba.njit(cache=True)
+def _vertex_bit(x: int, y: int, box: tuple[int, int, int, int]) -> int:
+    """Index of vertex (x, y) in the bitmaps over ``box``; -1 outside it."""
+    x_lo, y_lo, x_hi, y_hi = box
+    if x < x_lo or x > x_hi or y < y_lo or y > y_hi:
+        return -1
+    return (y - y_lo) * (x_hi - x_lo + 1) + (x - x_lo)
+
+
+@numba.njit(cache=True)
+def _branch_points(
+    n: int,
+    work: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    box: tuple[int, int, int, int],
+    once: np.ndarray,
+    multi: np.ndarray,
+    branch_key: np.ndarray,
+    branch_seg: np.ndarray,
+) -> tuple[bool, int, np.ndarray, np.ndarray]:
+    """Mark in ``multi`` the vertices where the walk must choose its way; list their segments.
+
+    A vertex is one where several segments left start, or where a segment's next one went.
+    Returns whether the outline closes (every such next vertex lies in the box), how many
+    segments start at marked vertices, and the lists of them (grown when needed): each one's
+    vertex bit in ``branch_key``, the segment in ``branch_seg``.
+    """
+    sx, sy, nxt, state, _, _ = work
+    closes = True
+    for s in range(n):
+        if state[s]:
+            v = _vertex_bit(sx[s], sy[s], box)
+            bit = 1 << (v & 7)
+            if once[v >> 3] & bit:
+                multi[v >> 3] |= bit
+            else:
+                once[v >> 3] |= bit
+    for s in range(n):
+        if state[s] and not state[nxt[s]]:
+            v = _vertex_bit(sx[nxt[s]], sy[nxt[s]], box)
+            if v < 0:
+                closes = False
+                continue
+            multi[v >> 3] |= 1 << (v & 7)
+    n_branch = 0
+    for s in range(n):
+        if state[s]:
+            v = _vertex_bit(sx[s], sy[s], box)
+            if multi[v >> 3] & (1 << (v & 7)):
+                if n_branch == branch_key.shape[0]:
+                    branch_key = _grow(branch_key, n_branch + 1)
+                    branch_seg = _grow(branch_seg, n_branch + 1)
+                branch_key[n_branch] = v
+                branch_seg[n_branch] = s
+                n_branch += 1
+    return closes, n_branch, branch_key, branch_seg
+
+
+@numba.njit(cache=True)
+def _rightmost_turn(
+    v: int,
+    dx: int,
+    dy: int,
+    work: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    branches: tuple[np.ndarray, np.ndarray],
+) -> int:
+    """Of the segments leaving marked vertex ``v``, the rightmost turn from (dx, dy); -1: none.
+
+    Wrapping a pinch's pixel outside the region, so rings touch at its corner instead of
+    crossing it, as GDAL's polygonize pairs them.
+    """
+    sx, sy, nxt, _, _, _ = work
+    keys, segs = branches
+    best = -1
+    best_score = -2
+    j = np.searchsorted(keys, v)
+    while j < keys.shape[0] and keys[j] == v:
+        c = segs[j]
+        ox = sx[nxt[c]] - sx[c]
+        oy = sy[nxt[c]] - sy[c]
+        cross = dx * oy - dy * ox
+        if cross > 0:
+            score = 2
+        elif cross < 0:
+            score = 0
+        else:
+            score = 1 if dx * ox + dy * oy > 0 else -1
+        if score > best_score:
+            best_score = score
+            best = c
+        j += 1
+    return best
+
+
+@numba.njit(cache=True)
+def _walk_rings(
+    n: int,
+    work: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    s_top: int,
+    box: tuple[int, int, int, int],
+    multi: np.ndarray,
+    branches: tuple[np.ndarray, np.ndarray],
+    out: np.ndarray,
+    out_rings: np.ndarray,
+    k: int,
+    n_rings: int,
+) -> tuple[int, int, bool]:
+    """Walk the outline into rings: the exterior from its top-left vertex, then the holes.
+
+    Vertices go into ``out`` from ``k`` on and rings end at ``out_rings`` from ``n_rings + 1``
+    on. Returns the new (k, n_rings), and False where the segments left are not one exterior
+    and its holes (not one 4-connected region).
+    """
+    sx, sy, nxt, state, _, _ = work
+    first_ring = n_rings
+    s0 = s_top
+    scan = 0
+    while True:
+        first_k = k
+        cur = s0
+        px = py = dx = dy = 0
+        while True:
+            state[cur] = 2
+            e = nxt[cur]
+            dx = sx[e] - sx[cur]
+            dy = sy[e] - sy[cur]
+            # Keep a vertex only where the outline turns; the first is settled at the end.
+            if cur == s0 or px * dy - py * dx != 0:
+                if k + 2 > out.shape[0]:
+                    return k, n_rings, False
+                out[k, 0] = sx[cur]
+                out[k, 1] = sy[cur]
+                k += 1
+            v = _vertex_bit(sx[e], sy[e], box)
+            if multi[v >> 3] & (1 << (v & 7)):
+                e = _rightmost_turn(v, dx, dy, work, branches)  # several ways on
+            if e == s0:
+                break
+            if e < 0 or state[e] != 1:
+                return k, n_rings, False
+            px = dx
+            py = dy
+            cur = e
+        ox = sx[nxt[s0]] - sx[s0]
+        oy = sy[nxt[s0]] - sy[s0]
+        if dx * oy - dy * ox != 0:
+            out[k] = out[first_k]
+            k += 1
+        else:
+            out[first_k] = out[k - 1]  # the first vertex is on a straight run: skip it
+        if k - first_k < 4 or n_rings + 2 > out_rings.shape[0]:
+            return k, n_rings, False
+        area2 = 0
+        for i in range(first_k, k - 1):
+            area2 += int(out[i, 0]) * int(out[i + 1, 1]) - int(out[i + 1, 0]) * int(out[i, 1])
+        if area2 >= 0 if n_rings == first_ring else area2 <= 0:
+            return k, n_rings, False  # a hole first, or an exterior after it
+        n_rings += 1
+        out_rings[n_rings] = k
+        while scan < n and state[scan] != 1:
+            scan += 1
+        if scan == n:
+            return k, n_rings, True
+        s0 = scan
+
+
+@numba.njit(cache=True)
+def _clear_marks(
+    n: int,
+    work: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    box: tuple[int, int, int, int],
+    once: np.ndarray,
+    multi: np.ndarray,
+) -> None:
+    """Clear the bitmaps' bytes that the group's segments marked, for the next group."""
+    sx, sy, nxt, state, _, _ = work
+    for s in range(n):
+        if state[s]:
+            for e in (s, np.int64(nxt[s])):
+                v = _vertex_bit(sx[e], sy[e], box)
+                if v >= 0:
+                    once[v >> 3] = 0
+                    multi[v >> 3] = 0
+
+
+@numba.njit(cache=True)
 def join_pieces(
     coords: np.ndarray,
     ring_offsets: np.ndarray,
@@ -841,16 +1188,18 @@ def join_pieces(
     most_cut = max(1, steps)
     most = (segments.max() if n_groups else 0) + most_cut
     all_segments = segments.sum() + most_cut
-    # Per group: start vertex, next segment along the piece's ring, 0 gone / 1 left / 2 walked.
-    sx = np.empty(most, dtype=np.int32)
-    sy = np.empty(most, dtype=np.int32)
-    nxt = np.empty(most, dtype=np.int32)  # a group's segments fit in int32 by far
-    state = np.empty(most, dtype=np.uint8)
-    cut_key = np.empty(most_cut, dtype=np.int64)
-    cut_seg = np.empty(most_cut, dtype=np.int64)
-    work = (sx, sy, nxt, state, cut_key, cut_seg)
-    spec_key = np.empty(1024, dtype=np.int64)
-    spec_seg = np.empty(1024, dtype=np.int64)
+    # Per group: start vertex, next segment along the piece's ring, 0 gone / 1 left / 2 walked;
+    # the unit steps on cut lines by their undirected edge.
+    work = (
+        np.empty(most, dtype=np.int32),  # sx
+        np.empty(most, dtype=np.int32),  # sy
+        np.empty(most, dtype=np.int32),  # nxt: a group's segments fit in int32 by far
+        np.empty(most, dtype=np.uint8),  # state
+        np.empty(most_cut, dtype=np.int64),  # cut_key
+        np.empty(most_cut, dtype=np.int64),  # cut_seg
+    )
+    branch_key = np.empty(1024, dtype=np.int64)
+    branch_seg = np.empty(1024, dtype=np.int64)
     # Bitmaps over the group's bounding box: vertices one segment leaves, and vertices to look
     # up (several segments leave, or the ring's own next segment went). Cleared after use.
     once = np.zeros(1024, dtype=np.uint8)
@@ -860,200 +1209,38 @@ def join_pieces(
     out_rings = np.empty(all_segments // 4 + 2, dtype=np.int64)
     out_rings[0] = 0
     out_polys = np.zeros(n_groups + 1, dtype=np.int64)
-    ok = np.ones(n_groups, dtype=np.bool_)
+    ok = np.zeros(n_groups, dtype=np.bool_)
     k = 0
     n_rings = 0
     for g in range(n_groups):
-        n = 0
-        n_cut = 0
-        for t in range(group_offsets[g], group_offsets[g + 1]):
-            p = group_polys[t]
-            for r in range(poly_offsets[p], poly_offsets[p + 1]):
-                a = ring_offsets[r]
-                m = ring_offsets[r + 1] - 1 - a
-                first = n
-                first_cut = n_cut
-                for attempt in range(2):
-                    n, n_cut, area2 = _ring_segments(
-                        coords, a, m, attempt == 1, cut_x, cut_y, work, first, first_cut
-                    )
-                    # Exterior negative (counter-clockwise on screen), holes positive: a ring
-                    # the other way round is read again, backwards.
-                    wrong_way = area2 > 0 if r == poly_offsets[p] else area2 < 0
-                    if n_cut < 0 or attempt == 1 or not wrong_way:
-                        break
-                if n_cut < 0:
-                    break  # more unit steps on cut lines than edges there: not pieces of a cover
-                if n > first:
-                    nxt[n - 1] = first
-            if n_cut < 0:
-                break
+        out_polys[g + 1] = n_rings  # no rings, unless the group joins
+        polys = group_polys[group_offsets[g] : group_offsets[g + 1]]
+        n, n_cut = _group_segments(coords, ring_offsets, poly_offsets, polys, cut_x, cut_y, work)
         if n_cut < 0:
-            ok[g] = False
-            out_polys[g + 1] = n_rings
-            continue
-
-        # A unit step whose reverse is in the group lies between two of its pieces.
-        if n_cut > 1:
-            order = np.argsort(cut_key[:n_cut])
-            i = 0
-            while i < n_cut - 1:
-                s_a = cut_seg[order[i]]
-                s_b = cut_seg[order[i + 1]]
-                reverse = sx[s_a] != sx[s_b] or sy[s_a] != sy[s_b]
-                if cut_key[order[i]] == cut_key[order[i + 1]] and reverse:
-                    state[s_a] = 0
-                    state[s_b] = 0
-                    i += 2
-                else:
-                    i += 1
-
-        # The top-left vertex lies on the exterior only; the bounding box sizes the bitmaps.
-        s_top = -1
-        x_lo = y_lo = 1 << 62
-        x_hi = y_hi = -1
-        for s in range(n):
-            if state[s]:
-                x_lo = min(x_lo, sx[s])
-                x_hi = max(x_hi, sx[s])
-                y_lo = min(y_lo, sy[s])
-                y_hi = max(y_hi, sy[s])
-                if s_top < 0 or sy[s] < sy[s_top] or (sy[s] == sy[s_top] and sx[s] < sx[s_top]):
-                    s_top = s
+            continue  # more unit steps on cut lines than edges there: not pieces of a cover
+        _cancel_shared_steps(n_cut, work)
+        s_top, box = _outline_box(n, work)
         if s_top < 0:
-            ok[g] = False
-            out_polys[g + 1] = n_rings
             continue
-        bw = x_hi - x_lo + 1
-        bh = y_hi - y_lo + 1
-        n_bytes = (bw * bh + 7) >> 3
+        n_bytes = ((box[2] - box[0] + 1) * (box[3] - box[1] + 1) + 7) >> 3
         if n_bytes > once.shape[0]:
             once = np.zeros(n_bytes, dtype=np.uint8)
             multi = np.zeros(n_bytes, dtype=np.uint8)
-        good = True
-        for s in range(n):
-            if state[s]:
-                v = (sy[s] - y_lo) * bw + (sx[s] - x_lo)
-                bit = 1 << (v & 7)
-                if once[v >> 3] & bit:
-                    multi[v >> 3] |= bit
-                else:
-                    once[v >> 3] |= bit
-        for s in range(n):
-            if state[s] and not state[nxt[s]]:
-                e = nxt[s]
-                if sx[e] < x_lo or sx[e] > x_hi or sy[e] < y_lo or sy[e] > y_hi:
-                    good = False  # the outline does not close
-                    continue
-                v = (sy[e] - y_lo) * bw + (sx[e] - x_lo)
-                multi[v >> 3] |= 1 << (v & 7)
-        n_spec = 0
-        for s in range(n):
-            if state[s]:
-                v = (sy[s] - y_lo) * bw + (sx[s] - x_lo)
-                if multi[v >> 3] & (1 << (v & 7)):
-                    if n_spec == spec_key.shape[0]:
-                        spec_key = _grow(spec_key, n_spec + 1)
-                        spec_seg = _grow(spec_seg, n_spec + 1)
-                    spec_key[n_spec] = v
-                    spec_seg[n_spec] = s
-                    n_spec += 1
-        order = np.argsort(spec_key[:n_spec])
-        keys = spec_key[:n_spec][order]
-        segs = spec_seg[:n_spec][order]
-
-        # Walk the rings: the exterior from the top-left vertex, then the holes.
-        k_group = k
-        rings_group = n_rings
-        s0 = s_top
-        scan = 0
-        while good:
-            first_k = k
-            cur = s0
-            px = py = dx = dy = 0
-            while True:
-                state[cur] = 2
-                e = nxt[cur]
-                dx = sx[e] - sx[cur]
-                dy = sy[e] - sy[cur]
-                # Keep a vertex only where the outline turns; the first is settled at the end.
-                if cur == s0 or px * dy - py * dx != 0:
-                    if k + 2 > out.shape[0]:
-                        good = False
-                        break
-                    out[k, 0] = sx[cur]
-                    out[k, 1] = sy[cur]
-                    k += 1
-                v = (sy[e] - y_lo) * bw + (sx[e] - x_lo)
-                if multi[v >> 3] & (1 << (v & 7)):
-                    # Several ways on (or the ring's own went): the rightmost turn wins.
-                    best = -1
-                    best_score = -2
-                    j = np.searchsorted(keys, v)
-                    while j < n_spec and keys[j] == v:
-                        c = segs[j]
-                        ox = sx[nxt[c]] - sx[c]
-                        oy = sy[nxt[c]] - sy[c]
-                        cross = dx * oy - dy * ox
-                        if cross > 0:
-                            score = 2
-                        elif cross < 0:
-                            score = 0
-                        else:
-                            score = 1 if dx * ox + dy * oy > 0 else -1
-                        if score > best_score:
-                            best_score = score
-                            best = c
-                        j += 1
-                    e = best
-                if e == s0:
-                    break
-                if e < 0 or state[e] != 1:
-                    good = False
-                    break
-                px = dx
-                py = dy
-                cur = e
-            if not good:
-                break
-            ox = sx[nxt[s0]] - sx[s0]
-            oy = sy[nxt[s0]] - sy[s0]
-            if dx * oy - dy * ox != 0:
-                out[k] = out[first_k]
-                k += 1
-            else:
-                out[first_k] = out[k - 1]  # the first vertex is on a straight run: skip it
-            if k - first_k < 4 or n_rings + 2 > out_rings.shape[0]:
-                good = False
-                break
-            area2 = 0
-            for i in range(first_k, k - 1):
-                area2 += int(out[i, 0]) * int(out[i + 1, 1]) - int(out[i + 1, 0]) * int(out[i, 1])
-            if area2 >= 0 if n_rings == rings_group else area2 <= 0:
-                good = False  # not one exterior and its holes: not one 4-connected region
-                break
-            n_rings += 1
-            out_rings[n_rings] = k
-            while scan < n and state[scan] != 1:
-                scan += 1
-            if scan == n:
-                break
-            s0 = scan
-        if not good:
-            k = k_group
-            n_rings = rings_group
-            ok[g] = False
-        elif n_rings - rings_group > 1:
-            _order_holes(out, out_rings, rings_group + 1, n_rings)
-        out_polys[g + 1] = n_rings
-
-        for s in range(n):
-            if state[s]:
-                for e in (s, np.int64(nxt[s])):
-                    if x_lo <= sx[e] <= x_hi and y_lo <= sy[e] <= y_hi:
-                        v = (sy[e] - y_lo) * bw + (sx[e] - x_lo)
-                        once[v >> 3] = 0
-                        multi[v >> 3] = 0
+        closes, n_branch, branch_key, branch_seg = _branch_points(
+            n, work, box, once, multi, branch_key, branch_seg
+        )
+        if closes:
+            order = np.argsort(branch_key[:n_branch])
+            branches = (branch_key[:n_branch][order], branch_seg[:n_branch][order])
+            k_end, rings_end, ok[g] = _walk_rings(
+                n, work, s_top, box, multi, branches, out, out_rings, k, n_rings
+            )
+            if ok[g]:
+                if rings_end - n_rings > 1:
+                    _order_holes(out, out_rings, n_rings + 1, rings_end)
+                k, n_rings = k_end, rings_end
+                out_polys[g + 1] = n_rings
+        _clear_marks(n, work, box, once, multi)
     return out[:k], out_rings[: n_rings + 1], out_polys, ok
 
 

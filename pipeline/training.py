@@ -213,10 +213,60 @@ def train(
     options: TrainOptions | None = None,
 ) -> TrainResult:
     """Train the workflow's network on ``samples``; write a checkpoint with its card to ``out``."""
-    import lightning.pytorch as pl
-    from torchgeo.trainers import SemanticSegmentationTask
-
     options = options or TrainOptions()
+    config = _trainable(workflow, samples)
+    bands = tuple(config.bands or ())
+    sources = _sources(samples, config)
+    val_sources = _sources([validation], config) if validation else []
+    # Without a validation scene, validation chips come from other places of the same scenes.
+    val_pool = val_sources or sources
+    chips = _Chips.draw(sources, val_pool, options)
+    norm, value_range, label_counts = _statistics(
+        sources, bands, chips.train[: min(len(chips.train), 64)], chips.size, options.label_field
+    )
+    _check_label_values(label_counts, workflow)
+    in_channels = len(bands) * (2 if config.needs_before else 1)
+    hparams = _task_hparams(config, in_channels, len(workflow.classes), options.lr)
+    weights = options.weights or config.weights
+    task = _new_task(hparams, options.seed, weights)
+    chip_data = (norm, options.label_field)
+    datasets = (
+        ChipDataset(sources, bands, chips.train, chips.size, *chip_data, True, options.seed),
+        ChipDataset(val_pool, bands, chips.val, chips.size, *chip_data, False, options.seed),
+    )
+    losses = _fit(task, datasets, options)
+    net = task.model.cpu().eval()
+    card = ModelCard(
+        arch=config.arch,
+        backbone=config.backbone,
+        bands=bands,
+        needs_before=config.needs_before,
+        classes=tuple(
+            CardClass(value=c.value, name=c.name, colour=c.colour) for c in workflow.classes
+        ),
+        gsd_m=pixel_size_m(sources[0].grid)[0],
+        normalization=norm,
+        value_range=value_range,
+        tile_size=workflow.tile_size,
+        halo=workflow.halo,
+        training_data=_training_data(samples, validation, chips, options, weights)
+        | {"label_pixels": {c.name: int(label_counts[c.value]) for c in workflow.classes}},
+        licence=options.licence,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        geoseg_version=__version__,
+    )
+    model = TorchGeoSegmentation(net, card, f"{config.arch}-{config.backbone}:{out.stem}")
+    metrics = _loss_metrics(losses) | _validation_metrics(model, val_sources, workflow, options)
+    card = card.model_copy(update={"metrics": metrics})
+    model.card = card
+    save_checkpoint(out, net.state_dict(), hparams, card)
+    if not losses:
+        raise ModelError("training ran no step; check --epochs and --steps-per-epoch")
+    return TrainResult(model=model, card=card, losses=losses)
+
+
+def _trainable(workflow: Workflow, samples: Sequence[Sample]) -> TorchGeoModelConfig:
+    """The workflow's network configuration, once it is one that can be trained on samples."""
     config = workflow.model
     if not isinstance(config, TorchGeoModelConfig):
         raise ConfigError(
@@ -227,51 +277,77 @@ def train(
         raise ConfigError(f"workflow {workflow.name!r}: list the model's `bands` to train it")
     if not samples:
         raise ConfigError("give at least one --scene to train on")
-    bands = tuple(config.bands)
-    k = len(workflow.classes)
-    sources = _sources(samples, config)
-    val_sources = _sources([validation], config) if validation else []
-    rng = np.random.default_rng(options.seed)
-    size = options.chip_size
-    n_train = options.steps_per_epoch * options.batch_size
-    train_chips = _random_chips(sources, n_train, size, rng)
-    # Without a validation scene, validation chips come from other places of the same scenes.
-    val_pool = val_sources or sources
-    val_chips = _random_chips(val_pool, max(options.batch_size, 8), size, rng)
-    sizes = {min(size, s.grid.height) for s in [*sources, *val_pool]} | {
-        min(size, s.grid.width) for s in [*sources, *val_pool]
-    }
-    if min(sizes) < 32:
-        raise ConfigError("scenes smaller than 32 pixels cannot be trained on")
+    return config
 
-    norm, value_range, label_counts = _statistics(
-        sources, bands, train_chips[: min(len(train_chips), 64)], size, options.label_field
-    )
+
+@dataclass(frozen=True)
+class _Chips:
+    """The chips drawn for training and for validation: (source index, window) each."""
+
+    train: list[tuple[int, Block]]
+    val: list[tuple[int, Block]]
+    size: int
+
+    @classmethod
+    def draw(cls, sources: list[_Source], val_pool: list[_Source], options: TrainOptions) -> _Chips:
+        """Draw the chips at random (seeded): a schedule's worth, and a few to validate on."""
+        rng = np.random.default_rng(options.seed)
+        size = options.chip_size
+        n_train = options.steps_per_epoch * options.batch_size
+        train = _random_chips(sources, n_train, size, rng)
+        val = _random_chips(val_pool, max(options.batch_size, 8), size, rng)
+        grids = [s.grid for s in [*sources, *val_pool]]
+        if min(min(size, g.height, g.width) for g in grids) < 32:
+            raise ConfigError("scenes smaller than 32 pixels cannot be trained on")
+        return cls(train, val, size)
+
+
+def _check_label_values(label_counts: np.ndarray, workflow: Workflow) -> None:
+    """Refuse labels holding class values the workflow does not have."""
+    k = len(workflow.classes)
     too_high = np.nonzero(label_counts[k:NO_LABEL])[0]
     if too_high.size:
         raise ConfigError(
             f"labels hold class value {int(too_high[0]) + k} but workflow {workflow.name!r} "
             f"has {k} classes (0..{k - 1}); fix the labels or the workflow's classes"
         )
-    in_channels = len(bands) * (2 if config.needs_before else 1)
-    pl.seed_everything(options.seed, workers=True, verbose=False)
-    task = SemanticSegmentationTask(
-        model=config.arch,
-        backbone=config.backbone,
-        weights=None,
-        in_channels=in_channels,
-        num_classes=k,
-        loss="ce",
-        ignore_index=NO_LABEL,
-        lr=options.lr,
-    )
-    weights = options.weights or config.weights
+
+
+def _task_hparams(
+    config: TorchGeoModelConfig, in_channels: int, n_classes: int, lr: float
+) -> dict[str, Any]:
+    """The settings of TorchGeo's segmentation task for the network.
+
+    The task is built with them and the checkpoint stores them, so TorchGeo loads it too.
+    """
+    return {
+        "model": config.arch,
+        "backbone": config.backbone,
+        "weights": None,
+        "in_channels": in_channels,
+        "num_classes": n_classes,
+        "loss": "ce",
+        "ignore_index": NO_LABEL,
+        "lr": lr,
+        "task": "multiclass",
+    }
+
+
+def _new_task(hparams: dict[str, Any], seed: int, weights: str | None) -> Any:
+    """TorchGeo's segmentation task, seeded, with the backbone's ``weights`` if any."""
+    import lightning.pytorch as pl
+    from torchgeo.trainers import SemanticSegmentationTask
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    task = SemanticSegmentationTask(**hparams)
     if weights:
         init_backbone(task.model, weights)
+    return task
 
-    def loader(chips: list[tuple[int, Block]], srcs: list[_Source], augment: bool) -> DataLoader:
-        ds = ChipDataset(srcs, bands, chips, size, norm, options.label_field, augment, options.seed)
-        return DataLoader(ds, batch_size=options.batch_size, shuffle=augment, num_workers=0)
+
+def _fit(task: Any, datasets: tuple[Dataset, Dataset], options: TrainOptions) -> list[float]:
+    """Train ``task`` on the (training, validation) chips under Lightning; each step's loss."""
+    import lightning.pytorch as pl
 
     losses: list[float] = []
 
@@ -294,77 +370,65 @@ def train(
         num_sanity_val_steps=0,
         deterministic=False,
     )
+    train_set, val_set = datasets
     trainer.fit(
         task,
-        train_dataloaders=loader(train_chips, sources, True),
-        val_dataloaders=loader(val_chips, list(val_pool), False),
+        train_dataloaders=DataLoader(train_set, batch_size=options.batch_size, shuffle=True),
+        val_dataloaders=DataLoader(val_set, batch_size=options.batch_size, shuffle=False),
     )
-    net = task.model.cpu().eval()
-    first = sources[0].grid
-    card = ModelCard(
-        arch=config.arch,
-        backbone=config.backbone,
-        bands=bands,
-        needs_before=config.needs_before,
-        classes=tuple(
-            CardClass(value=c.value, name=c.name, colour=c.colour) for c in workflow.classes
-        ),
-        gsd_m=pixel_size_m(first)[0],
-        normalization=norm,
-        value_range=value_range,
-        tile_size=workflow.tile_size,
-        halo=workflow.halo,
-        training_data={
-            "scenes": [s.scene.id for s in samples],
-            "before": [s.before.id if s.before else None for s in samples],
-            "labels": sorted({s.labels for s in samples}),
-            "validation": validation.scene.id if validation else None,
-            "chips": n_train,
-            "chip_size": size,
-            "epochs": options.epochs,
-            "batch_size": options.batch_size,
-            "seed": options.seed,
-            "pretrained": weights,
-            "label_pixels": {c.name: int(label_counts[c.value]) for c in workflow.classes},
-        },
-        licence=options.licence,
-        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        geoseg_version=__version__,
-    )
-    model = TorchGeoSegmentation(net, card, f"{config.arch}-{config.backbone}:{out.stem}")
-    metrics: dict[str, float] = {}
-    if losses:
-        metrics["loss_first"] = losses[0]
-        metrics["loss_last"] = float(np.mean(losses[-max(1, len(losses) // 10) :]))
-    if val_sources:
-        v = val_sources[0]
-        pred = predict_scene(model, v, workflow.tile_size, workflow.halo)
-        truth = read_labels(
-            v.sample.labels,
-            v.grid,
-            Block(0, 0, v.grid.height, v.grid.width).window,
-            options.label_field,
-        )
-        report = report_from_confusion(confusion_of(pred, truth))
-        names = {c.value: c.name for c in workflow.classes}
-        for m in report.classes:
-            if not math.isnan(m.iou):
-                metrics[f"val_iou_{names.get(m.value, m.value)}"] = m.iou
-        metrics["val_overall_accuracy"] = report.overall_accuracy
-    card = card.model_copy(update={"metrics": metrics})
-    model.card = card
-    hparams = {
-        "model": config.arch,
-        "backbone": config.backbone,
-        "weights": None,
-        "in_channels": in_channels,
-        "num_classes": k,
-        "loss": "ce",
-        "ignore_index": NO_LABEL,
-        "lr": options.lr,
-        "task": "multiclass",
+    return losses
+
+
+def _training_data(
+    samples: Sequence[Sample],
+    validation: Sample | None,
+    chips: _Chips,
+    options: TrainOptions,
+    weights: str | None,
+) -> dict[str, Any]:
+    """What the model card says the network was trained on, and how."""
+    return {
+        "scenes": [s.scene.id for s in samples],
+        "before": [s.before.id if s.before else None for s in samples],
+        "labels": sorted({s.labels for s in samples}),
+        "validation": validation.scene.id if validation else None,
+        "chips": len(chips.train),
+        "chip_size": chips.size,
+        "epochs": options.epochs,
+        "batch_size": options.batch_size,
+        "seed": options.seed,
+        "pretrained": weights,
     }
-    save_checkpoint(out, net.state_dict(), hparams, card)
+
+
+def _loss_metrics(losses: list[float]) -> dict[str, float]:
+    """The first step's loss and the mean of the last tenth of the steps'."""
     if not losses:
-        raise ModelError("training ran no step; check --epochs and --steps-per-epoch")
-    return TrainResult(model=model, card=card, losses=losses)
+        return {}
+    return {
+        "loss_first": losses[0],
+        "loss_last": float(np.mean(losses[-max(1, len(losses) // 10) :])),
+    }
+
+
+def _validation_metrics(
+    model: TorchGeoSegmentation,
+    val_sources: list[_Source],
+    workflow: Workflow,
+    options: TrainOptions,
+) -> dict[str, float]:
+    """IoU per class and overall accuracy on the validation scene, if one was given."""
+    if not val_sources:
+        return {}
+    v = val_sources[0]
+    pred = predict_scene(model, v, workflow.tile_size, workflow.halo)
+    window = Block(0, 0, v.grid.height, v.grid.width).window
+    truth = read_labels(v.sample.labels, v.grid, window, options.label_field)
+    report = report_from_confusion(confusion_of(pred, truth))
+    names = {c.value: c.name for c in workflow.classes}
+    metrics = {
+        f"val_iou_{names.get(m.value, m.value)}": m.iou
+        for m in report.classes
+        if not math.isnan(m.iou)
+    }
+    return metrics | {"val_overall_accuracy": report.overall_accuracy}

@@ -775,6 +775,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, before[1])
 
 
+def _stopped(message: str) -> None:
+    """Report a stop on stderr, which the stop may have found captured (see the callee)."""
+    from pipeline.publish import restore_stderr
+
+    restore_stderr()
+    print(message, file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``geoseg`` console script."""
     parser = build_parser()
@@ -811,10 +819,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Terminated:
-        print("error: terminated (SIGTERM); no output was replaced", file=sys.stderr)
+        _stopped("error: terminated (SIGTERM); no output was replaced")
         return TERMINATED
     except KeyboardInterrupt:
-        print("error: interrupted; no output was replaced", file=sys.stderr)
+        _stopped("error: interrupted; no output was replaced")
         return INTERRUPTED
     return 0
 

@@ -216,7 +216,30 @@ def libtiff_complaints() -> Iterator[None]:
                 sys.stderr.flush()
                 os.dup2(_stderr_saved, 2)
                 os.close(_stderr_saved)
+                _stderr_saved = -1
                 _pass_on(_stderr_capture)
+
+
+def restore_stderr() -> None:
+    """Point file descriptor 2 back at the process's stderr if a stop left it captured.
+
+    A stop's exception (Ctrl-C, SIGTERM) is raised wherever the main thread is, which can be
+    between the halves of :func:`libtiff_complaints`, after stderr was pointed at the capture
+    and before the code that points it back: the line that reports the stop must be seen.
+    """
+    global _stderr_users
+    capture = _stderr_capture
+    if capture is None or _stderr_saved < 0:
+        return
+    try:
+        here, held = os.fstat(2), os.fstat(capture.fileno())
+    except OSError:
+        return
+    if (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino):
+        sys.stderr.flush()
+        os.dup2(_stderr_saved, 2)
+        _stderr_users = 0
+        _pass_on(capture)
 
 
 def _pass_on(capture: Any) -> None:

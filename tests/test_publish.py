@@ -625,3 +625,35 @@ def test_block_cache_round_trip_and_damaged_blocks(tmp_path: Path) -> None:
     assert cache.get(block) is None
     cache.clear()
     assert not (tmp_path / ".work").exists()
+
+
+#: A stop that lands between the halves of the stderr capture around a GeoTIFF write: after
+#: fd 2 was pointed at the capture, before the code that points it back.
+_STOPPED_MID_CAPTURE = """
+import os, sys
+import pipeline.publish as publish
+
+held = publish.libtiff_complaints()  # kept: collected, it would end the capture itself
+held.__enter__()  # the capture, entered as a write enters it
+print("written while captured", file=sys.stderr, flush=True)
+publish._stderr_users = 0  # as if the stop hit just after the count went back down
+{restore}
+print("error: terminated (SIGTERM); no output was replaced", file=sys.stderr, flush=True)
+"""
+
+
+@pytest.mark.parametrize("restore", [False, True])
+def test_a_stop_mid_capture_still_reports_on_stderr(restore: bool) -> None:
+    from tests.helpers import run_python
+
+    code = _STOPPED_MID_CAPTURE.format(restore="publish.restore_stderr()" if restore else "")
+    done = run_python("-c", code)
+    assert done.returncode == 0
+    lines = done.stderr.splitlines()
+    if restore:
+        assert lines == [
+            "written while captured",
+            "error: terminated (SIGTERM); no output was replaced",
+        ]
+    else:  # what the stop's report met before: nothing reaches stderr
+        assert lines == []

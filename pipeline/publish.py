@@ -46,9 +46,9 @@ from pipeline.workflow import ClassDef
 GPKG_VERSION = "1.2"
 
 #: SQLite page size of the GeoPackages written. Polygon geometries are large blobs, which
-#: SQLite stores in chains of overflow pages: 64 KiB pages instead of the default 4 KiB write
-#: the polygons of a 10980² scene in 30 % less time and a smaller file (``BENCHMARKS.md``,
-#: "Vectorizing"). Any SQLite since 3.7 and so every GeoPackage reader opens them.
+#: SQLite stores in chains of overflow pages: larger pages make the chains shorter, so the
+#: writes take less time and the file less space (``BENCHMARKS.md``, "Vectorizing"). Any
+#: SQLite since 3.7 and so every GeoPackage reader opens them.
 GPKG_PAGE_BYTES = 65536
 
 
@@ -405,8 +405,7 @@ class PolygonWriter:
 
     A ``staged`` file (one :class:`Staging` renames into place only once the run succeeds)
     is not forced to disk at each write's commit: a half-written one is never used, and the
-    rasters beside it are not forced either. That takes 0.25 s off the polygons of a 10980²
-    scene (``BENCHMARKS.md``, "Vectorizing").
+    rasters beside it are not forced either.
     """
 
     def __init__(

@@ -53,8 +53,8 @@ class MemorySampler:
     seconds: a peak shorter than that can be missed.
 
     Reading a process's memory map takes its page tables' lock and CPU from the cores it runs
-    on: sampling slowed the model stage by 9 % (``BENCHMARKS.md``, "Time and memory in
-    separate passes"). Benchmarks therefore time a step in one pass, with ``enabled`` False
+    on, so sampling slows what it measures (``BENCHMARKS.md``, "Time and memory in separate
+    passes"). Benchmarks therefore time a step in one pass, with ``enabled`` False
     (nothing is sampled), and take its memory from a second (:func:`memory_figures`).
     """
 

@@ -215,8 +215,8 @@ def warm_up_client() -> None:
     """Load what the client runs at the end: its compiled kernels, the GeoPackage writer.
 
     The kernels are the class counts' and the polygon stage's; the writer is pyogrio, whose
-    import (with the pandas and pyarrow it loads) takes 0.4 s of CPU that would otherwise
-    compete with the workers while they polygonize.
+    import (with the pandas and pyarrow it loads) would otherwise take CPU from the workers
+    while they polygonize.
     """
     count_values(np.zeros((1, 1), dtype=np.uint8))
     warm_up()

@@ -738,34 +738,6 @@ def _on_cut(x0: int, y0: int, x1: int, y1: int, cut_x: np.ndarray, cut_y: np.nda
 
 
 @numba.njit(cache=True)
-def _segment_bounds(
-    ring_offsets: np.ndarray,
-    poly_offsets: np.ndarray,
-    group_offsets: np.ndarray,
-    group_polys: np.ndarray,
-    cut_x: np.ndarray,
-    cut_y: np.ndarray,
-) -> tuple[np.ndarray, int]:
-    """Per group, the segments of its rings; and at most how many unit steps lie on cut lines.
-
-    A ring's segments on cut lines are cut into unit steps. Each unit edge of a cut line
-    borders two pixels and so lies on at most two pieces' rings: all groups together have
-    at most twice the cut lines' length of such steps, and at most that many more segments.
-    """
-    n_groups = group_offsets.shape[0] - 1
-    width = cut_x.shape[0] - 1
-    height = cut_y.shape[0] - 1
-    on_cut = 2 * (np.count_nonzero(cut_x) * height + np.count_nonzero(cut_y) * width)
-    segments = np.zeros(n_groups, dtype=np.int64)
-    for g in range(n_groups):
-        for t in range(group_offsets[g], group_offsets[g + 1]):
-            p = group_polys[t]
-            segments[g] += ring_offsets[poly_offsets[p + 1]] - ring_offsets[poly_offsets[p]]
-            segments[g] -= poly_offsets[p + 1] - poly_offsets[p]  # the closing vertices
-    return segments, on_cut
-
-
-@numba.njit(cache=True)
 def _sign(v: int) -> int:
     return (v > 0) - (v < 0)
 
@@ -1163,13 +1135,23 @@ def _join_arrays(
     """:func:`join_pieces`' segment arrays (for its largest group), its output vertices, rings.
 
     Sized by bounds rather than by a pass over every vertex: the pages of np.empty that are
-    never written cost no memory.
+    never written cost no memory. A group has as many segments as its rings have, plus one
+    per extra unit step where a ring's segment on a cut line is cut into steps. Each unit edge
+    of a cut line borders two pixels and so lies on at most two pieces' rings: all groups
+    together have at most twice the cut lines' length of such steps.
     """
-    segments, steps = _segment_bounds(
-        ring_offsets, poly_offsets, group_offsets, group_polys, cut_x, cut_y
-    )
+    n_groups = group_offsets.shape[0] - 1
+    width = cut_x.shape[0] - 1
+    height = cut_y.shape[0] - 1
+    steps = 2 * (np.count_nonzero(cut_x) * height + np.count_nonzero(cut_y) * width)
+    segments = np.zeros(n_groups, dtype=np.int64)
+    for g in range(n_groups):
+        for t in range(group_offsets[g], group_offsets[g + 1]):
+            p = group_polys[t]
+            segments[g] += ring_offsets[poly_offsets[p + 1]] - ring_offsets[poly_offsets[p]]
+            segments[g] -= poly_offsets[p + 1] - poly_offsets[p]  # the closing vertices
     most_cut = max(1, steps)
-    most = (segments.max() if segments.shape[0] else 0) + most_cut
+    most = (segments.max() if n_groups else 0) + most_cut
     all_segments = segments.sum() + most_cut
     work = (
         np.empty(most, dtype=np.int32),

@@ -719,12 +719,16 @@ def _quiet_dask(record: logging.LogRecord) -> bool:
     """Drop Dask's routine cluster start-up and shutdown messages; keep its errors.
 
     But for its client's failed reconnections to a scheduler that went away: the run says
-    so itself, in one line (:func:`pipeline.orchestrate.cluster.scheduler_lost`).
+    so itself, in one line (:func:`pipeline.orchestrate.cluster.scheduler_lost`). Once a
+    signal stops the run, nothing from Dask or the Tornado loop it runs on reaches stderr:
+    a stop that lands while Dask's ``sync`` waits makes its loop log a traceback of its own.
     """
-    if not record.name.startswith("distributed"):
+    if not record.name.startswith(("distributed", "tornado")):
         return True
     if STOPPING.is_set():  # stopped on purpose: what breaks as the cluster goes is expected
         return False
+    if not record.name.startswith("distributed"):
+        return True
     if record.levelno < logging.ERROR or record.getMessage().startswith("Failed to reconnect"):
         return False
     lost = record.exc_info[1] if record.exc_info else None

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,15 +276,36 @@ def test_an_out_folder_under_a_file(good, tmp_path):
 
 
 def test_a_read_only_out_folder(good):
-    if os.geteuid() == 0:
-        pytest.skip("running as root, whom file permissions do not stop from writing")
     folder = good.folder
-    folder.chmod(0o555)
-    try:
-        one_error_line(good.run("forest"), str(folder), "Permission denied")
-    finally:
-        folder.chmod(0o755)
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            one_error_line(good.run("forest"), str(folder), "Permission denied")
+        finally:
+            folder.chmod(0o755)
+    else:  # permissions do not stop root: a read-only mount of the folder does
+        if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode:
+            pytest.skip("running as root without mount namespaces to make a read-only folder")
+        proc = subprocess.run(
+            [*_mounted_read_only(folder), sys.executable, "-m", "pipeline"]
+            + _quiet_run("forest", good.catalog, good.out),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        one_error_line(proc, f"cannot write outputs in {folder}", "Read-only file system")
     good.assert_intact()
+
+
+def _mounted_read_only(folder: Path) -> list[str]:
+    """A command prefix: what follows it runs where ``folder`` is a read-only mount.
+
+    A mount namespace of its own (``unshare -m``), so nothing outside the command sees it.
+    """
+    script = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"'
+    return ["unshare", "-m", "sh", "-c", script, str(folder)]
 
 
 def _file_size_limit(limit: int):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -284,3 +285,30 @@ def test_a_cloudy_scene_is_refused_with_one_line(shared_data, tmp_path):
     assert "100.0% of the pixels with data are masked (cloud 100.0%" in line
     # Not even the resume cache stays: the folder the run made is gone.
     assert not (tmp_path / "forest" / "slovenia-2015-07-31").exists()
+
+
+@pytest.mark.parametrize("stopping", [False, True])
+def test_the_dask_loop_is_quiet_only_once_a_signal_stops_the_run(stopping):
+    """A stop that lands while Dask's ``sync`` waits makes Tornado log a traceback of Dask's."""
+    from pipeline.cli import STOPPING, _quiet_dask
+
+    try:
+        raise NameError("cannot access free variable 'future'")
+    except NameError:
+        record = logging.getLogger("tornado.application").makeRecord(
+            "tornado.application",
+            logging.ERROR,
+            __file__,
+            0,
+            "Exception in callback %r",
+            ("cancel",),
+            sys.exc_info(),
+        )
+    ours = logging.LogRecord("pipeline.orchestrate", logging.ERROR, __file__, 0, "x", None, None)
+    if stopping:
+        STOPPING.set()
+    try:
+        assert _quiet_dask(record) is not stopping
+        assert _quiet_dask(ours)
+    finally:
+        STOPPING.clear()

@@ -25,6 +25,7 @@ from pyproj.exceptions import CRSError
 
 from pipeline.catalog import Catalog, Scene, SceneEntry, default_catalog, load_catalog
 from pipeline.errors import ConfigError
+from pipeline.gdal_messages import route_gdal_messages
 from pipeline.grid import BBox
 from pipeline.orchestrate import RunOptions, RunResult
 from pipeline.workflow import Workflow
@@ -111,6 +112,7 @@ def run(
     """
     from pipeline.orchestrate import run as run_workflow
 
+    route_gdal_messages()
     unknown = sorted(set(options) - set(FILE_OPTIONS) - set(RUN_OPTIONS) - set(WINDOW_OPTIONS))
     if unknown:
         known = ", ".join((*RUN_OPTIONS, *WINDOW_OPTIONS, *FILE_OPTIONS))
@@ -163,6 +165,7 @@ def run_batch(
     from pipeline.orchestrate.batch import run_batch as run_scenes
     from pipeline.selection import select_scenes
 
+    route_gdal_messages()
     unknown = sorted(set(options) - set(RUN_OPTIONS) - set(WINDOW_OPTIONS))
     if unknown:
         known = (*RUN_OPTIONS, *WINDOW_OPTIONS)
@@ -210,6 +213,7 @@ def monitor(
     """
     from pipeline.monitoring import monitor as monitor_series
 
+    route_gdal_messages()
     unknown = sorted(set(options) - set(RUN_OPTIONS))
     if unknown:
         raise ConfigError(f"monitor() has no option {unknown[0]!r}; it takes: {RUN_OPTIONS}")

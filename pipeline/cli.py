@@ -22,11 +22,14 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.errors import ClusterLostError, ConfigError, GeosegError, SeriesBusyError
+from pipeline.gdal_messages import route_gdal_messages
 
 #: Exit status when another monitor holds the series: sysexits' EX_TEMPFAIL, "try again later".
 BUSY = 75
 #: Exit statuses after Ctrl-C (SIGINT) and SIGTERM: 128 + the signal's number, as shells report.
 INTERRUPTED, TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
+#: Exit status when the reader of our output closed it: 128 + SIGPIPE, as shells report.
+PIPE_CLOSED = 128 + signal.SIGPIPE
 #: Exit status when a run's Dask scheduler went away mid-run: sysexits' EX_UNAVAILABLE.
 CLUSTER_LOST = 69
 
@@ -798,6 +801,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_quiet_dask)
+    route_gdal_messages()
     try:
         with _sigterm_as_interrupt():
             if args.command == "run":
@@ -822,6 +826,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GeosegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`geoseg catalog list | head`): end quietly, as `ls` does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return PIPE_CLOSED
     except Terminated:
         _stopped("error: terminated (SIGTERM); no output was replaced")
         return TERMINATED

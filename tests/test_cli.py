@@ -312,3 +312,21 @@ def test_the_dask_loop_is_quiet_only_once_a_signal_stops_the_run(stopping):
         assert _quiet_dask(ours)
     finally:
         STOPPING.clear()
+
+
+def test_a_reader_that_stops_early_ends_the_listing_quietly(tmp_path):
+    """``geoseg catalog list | head -1``: the pipe closes while the table is printed."""
+    entries = {f"scene-{i:04d}": {"path": f"s{i}.tif", "bands": ["red"]} for i in range(3000)}
+    cat = catalog_yaml(tmp_path, entries)
+    listing = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "catalog", "list", "--catalog", str(cat)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert listing.stdout is not None and listing.stderr is not None
+    first = listing.stdout.readline()
+    listing.stdout.close()  # as `head -1` exits
+    stderr = listing.stderr.read().decode()
+    assert listing.wait(timeout=60) == 141
+    assert first.startswith(b"catalog: ") and stderr == ""

@@ -235,13 +235,16 @@ class ModelPlugin(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         """Build the model in the worker process, with one thread; on a GPU if torch has one.
 
+        GDAL's messages go through logging, as in the client (:mod:`pipeline.gdal_messages`).
         The worker's compiled kernels are loaded too (:func:`pipeline.inference.warm_up`,
         :func:`pipeline.vectorize.warm_up`): set-up is where a worker loads what it runs, so
         that its first tile and first polygon task are not slower than the others.
         """
         from pipeline import inference, vectorize
+        from pipeline.gdal_messages import route_gdal_messages
         from pipeline.masking import network
 
+        route_gdal_messages()
         if not self.lazy:
             self.model = self._build({})
         masks = Path(self.cache) / "openvino" / "masks" if self.cache else None

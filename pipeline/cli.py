@@ -336,7 +336,11 @@ def _add_train(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--out", type=Path, required=True, metavar="MODEL.ckpt", help="checkpoint to write"
     )
-    train.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    train.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress (a bar on a terminal, a line per epoch elsewhere) or summary",
+    )
 
 
 def _add_evaluate(sub: Any) -> None:
@@ -624,6 +628,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         weights=args.weights,
         licence=args.licence,
         progress=not args.quiet and sys.stderr.isatty(),
+        on_epoch=None if args.quiet or sys.stderr.isatty() else _print_epoch,
     )
     result = train(workflow, samples, args.out, validation, options)
     if not args.quiet:
@@ -638,6 +643,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 print(f"  {key}: {value:.3f}")
         print(f"checkpoint: {args.out}")
     return 0
+
+
+def _print_epoch(epoch: int, epochs: int, loss: float) -> None:
+    """Training's progress where no progress bar can be drawn (a log, a pipe)."""
+    print(f"epoch {epoch}/{epochs}: loss {loss:.3f}", flush=True)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -741,6 +751,8 @@ def _quiet_dask(record: logging.LogRecord) -> bool:
 #: Set once a signal asked the run to stop: Dask's complaints about its cluster going away
 #: are expected from then on, and kept off stderr (:func:`_quiet_dask`).
 STOPPING = threading.Event()
+#: The signals that asked it, the first first.
+_stop_signals: list[int] = []
 
 
 class Terminated(KeyboardInterrupt):
@@ -766,14 +778,17 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def stop(signum: int, frame: FrameType | None) -> None:
+        _stop_signals.append(signum)
         STOPPING.set()
         raise Terminated
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
+        _stop_signals.append(signum)
         STOPPING.set()
         raise KeyboardInterrupt
 
     STOPPING.clear()
+    _stop_signals.clear()
     before = signal.signal(signal.SIGTERM, stop), signal.signal(signal.SIGINT, interrupt)
     try:
         yield
@@ -782,12 +797,16 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, before[1])
 
 
-def _stopped(message: str) -> None:
-    """Report a stop on stderr, which the stop may have found captured (see the callee)."""
+def _stopped(signum: int) -> int:
+    """Report a stop by ``signum`` on stderr, which it may have found captured; its status."""
     from pipeline.publish import restore_stderr
 
     restore_stderr()
-    print(message, file=sys.stderr)
+    if signum == signal.SIGTERM:
+        print("error: terminated (SIGTERM); no output was replaced", file=sys.stderr)
+        return TERMINATED
+    print("error: interrupted; no output was replaced", file=sys.stderr)
+    return INTERRUPTED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -831,11 +850,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return PIPE_CLOSED
     except Terminated:
-        _stopped("error: terminated (SIGTERM); no output was replaced")
-        return TERMINATED
+        return _stopped(signal.SIGTERM)
     except KeyboardInterrupt:
-        _stopped("error: interrupted; no output was replaced")
-        return INTERRUPTED
+        return _stopped(signal.SIGINT)
+    except SystemExit:
+        # Lightning ends a fit that a signal stopped with sys.exit(1), after its clean-up.
+        if not STOPPING.is_set():
+            raise
+        return _stopped(_stop_signals[0])
     return 0
 
 

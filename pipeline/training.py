@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ from pipeline.models.networks import TorchGeoSegmentation, init_backbone
 from pipeline.reading import NO_LABEL, check_compatible, read_labels, scene_grid
 from pipeline.stitch import pad_tile
 from pipeline.workflow import TorchGeoModelConfig, Workflow
+
+#: The deprecation torch raises at each training step from inside Lightning (a regex).
+LIGHTNING_PYTREE_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class TrainOptions:
     weights: str | None = None
     licence: str = "unspecified"
     progress: bool = False
+    #: Called after each epoch with its number (from 1), the epochs and its mean loss.
+    on_epoch: Callable[[int, int, float], None] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -350,6 +356,7 @@ def _fit(task: Any, datasets: tuple[Dataset, Dataset], options: TrainOptions) ->
     import lightning.pytorch as pl
 
     losses: list[float] = []
+    epoch_starts = [0]
 
     class _Losses(pl.Callback):
         def on_train_batch_end(
@@ -357,6 +364,12 @@ def _fit(task: Any, datasets: tuple[Dataset, Dataset], options: TrainOptions) ->
         ) -> None:
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs
             losses.append(float(loss))
+
+        def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+            epoch = losses[epoch_starts[-1] :]
+            epoch_starts.append(len(losses))
+            if options.on_epoch is not None and epoch:
+                options.on_epoch(len(epoch_starts) - 1, options.epochs, sum(epoch) / len(epoch))
 
     trainer = pl.Trainer(
         max_epochs=options.epochs,
@@ -371,11 +384,14 @@ def _fit(task: Any, datasets: tuple[Dataset, Dataset], options: TrainOptions) ->
         deterministic=False,
     )
     train_set, val_set = datasets
-    trainer.fit(
-        task,
-        train_dataloaders=DataLoader(train_set, batch_size=options.batch_size, shuffle=True),
-        val_dataloaders=DataLoader(val_set, batch_size=options.batch_size, shuffle=False),
-    )
+    with warnings.catch_warnings():
+        # Lightning's own use of a torch class torch now deprecates: nothing a user can act on.
+        warnings.filterwarnings("ignore", message=LIGHTNING_PYTREE_WARNING)
+        trainer.fit(
+            task,
+            train_dataloaders=DataLoader(train_set, batch_size=options.batch_size, shuffle=True),
+            val_dataloaders=DataLoader(val_set, batch_size=options.batch_size, shuffle=False),
+        )
     return losses
 
 

@@ -65,6 +65,23 @@ def _bbox_numbers(text: str) -> tuple[float, ...]:
     return values
 
 
+def _names(text: str) -> list[str]:
+    """``a,b,c`` as names (checked against the known bands with the rest of the scene)."""
+    names = [v.strip() for v in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected NAME,NAME,…, got {text!r}")
+    return names
+
+
+def _numbers(text: str) -> float | list[float]:
+    """``F`` as a number, ``F,F,…`` as a list of them."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers, got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors follow the ``error: …``, exit 2 convention."""
 
@@ -172,6 +189,38 @@ def _add_run(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
     # "-74.7,-8.6,…" is a value of --bbox, not an option: argparse only knows bare numbers.
     run._negative_number_matcher = re.compile(r"^-\d*\.?\d+(?:[eE][-+]?\d+)?(?:,|$)")
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
+    _add_file_scene(run)
+
+
+def _add_file_scene(run: argparse.ArgumentParser) -> None:
+    """Options that make ``--scene`` and ``--before`` files, described on the command line."""
+    files = run.add_argument_group(
+        "a scene given as a file, without a catalog",
+        "With --bands, --scene (and --before) are paths to multi-band rasters, described by "
+        "these options as a catalog entry would describe them; the outputs go to "
+        "OUT/WORKFLOW/NAME/, NAME the file's name without its suffix. One scene at a time.",
+    )
+    files.add_argument(
+        "--bands",
+        type=_names,
+        metavar="NAME,…",
+        help="the files' band names in band order, e.g. blue,green,red,nir,swir22",
+    )
+    files.add_argument(
+        "--scale",
+        type=_numbers,
+        metavar="F[,F…]",
+        help="reflectance = value × scale + offset: one for every band, or one per band "
+        "(default 1; 0.0001 for Sentinel-2 and Landsat stored ×10000)",
+    )
+    files.add_argument("--offset", type=_numbers, metavar="F[,F…]", help="(default 0)")
+    files.add_argument("--nodata", type=float, metavar="V", help="(default: the file's)")
+    files.add_argument(
+        "--sensor",
+        metavar="NAME",
+        help="e.g. sentinel-2-l1c, sentinel-2-l2a, landsat-8-l1: lets the cloud networks run",
+    )
+    files.add_argument("--acquired", metavar="YYYY-MM-DD", help="the scene's date")
 
 
 def _add_monitor(sub: Any, catalog_opt: argparse.ArgumentParser) -> None:
@@ -464,6 +513,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not (args.scene or args.series or args.all):
         raise ConfigError("give --scene ID (repeat it for a batch), --series NAME or --all")
     workflow = load_workflow(args.workflow).with_overrides(args.tile_size, args.halo)
+    files = _file_scene_options(args)
     if len(args.scene) > 1 or args.series or args.all:
         return _cmd_batch(args, workflow)
     if len(args.before) > 1:
@@ -472,7 +522,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         workflow,
         args.scene[0],
         args.before[0] if args.before else None,
-        catalog=open_catalog(args.catalog),
+        catalog=None if files else open_catalog(args.catalog),
         out=args.out,
         workers=args.workers,
         scheduler=args.scheduler,
@@ -482,11 +532,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         seams=args.seams,
         bbox=args.bbox,
         bbox_crs=args.bbox_crs,
+        **files,
     )
     if not args.quiet:
         s = result.summary
         print(
-            f"{workflow.name} on {args.scene[0]}: {s['counts']['polygons']} polygons, "
+            f"{workflow.name} on {result.folder.name}: {s['counts']['polygons']} polygons, "
             f"{s['times']['total_s']:.1f} s"
         )
         for name, info in s["counts"]["polygon_classes"].items():
@@ -495,6 +546,36 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for f in result.files:
             print(f"  {f}")
     return 0
+
+
+#: ``geoseg run`` options that describe a scene given as a file, as ``pipeline.run`` names them.
+FILE_SCENE_OPTIONS = ("bands", "scale", "offset", "nodata", "sensor", "acquired")
+
+
+def _file_scene_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The description of a scene given as a file (``--bands`` …); {} for catalog ids."""
+    given = {k: getattr(args, k) for k in FILE_SCENE_OPTIONS if getattr(args, k) is not None}
+    if given and "bands" not in given:
+        flags = ", ".join(f"--{k}" for k in given)
+        verb = "describes" if len(given) == 1 else "describe"
+        raise ConfigError(f"{flags} {verb} a scene given as a file: add --bands NAME,…")
+    if not given:
+        for sid in (*args.scene, *args.before):
+            if (
+                Path(sid).suffix.lower() in {".tif", ".tiff", ".vrt", ".jp2"}
+                and Path(sid).is_file()
+            ):
+                raise ConfigError(
+                    f"--scene and --before are catalog ids; to run the file {sid} without a "
+                    "catalog, give its band names in band order with --bands (and --scale …)"
+                )
+        return {}
+    if len(args.scene) != 1 or args.series or args.all or args.catalog:
+        raise ConfigError(
+            "--bands runs one --scene given as a file (and its --before); for several "
+            "scenes, a series or a catalog, describe the files in a catalog"
+        )
+    return given
 
 
 def _cmd_batch(args: argparse.Namespace, workflow: Any) -> int:

@@ -18,6 +18,9 @@ from tests.conftest import ROOT
 from tests.data import catalog_yaml
 from tests.helpers import geoseg
 
+#: The Hurst fire's pre and post scenes, from the project root.
+HURST = "../shared/data/fire/HURST_20250107"
+
 GEOSEG = [sys.executable, "-m", "pipeline"]
 
 
@@ -114,6 +117,17 @@ def test_catalog_list_marks_missing_files(tmp_path, capsys):
             ["--scheduler"],
         ),
         (["frobnicate"], ["frobnicate"]),
+        (["run", "fire", "--scene", f"{HURST}/post.tif"], ["catalog ids", "--bands"]),
+        (
+            ["run", "fire", "--scene", "hurst-post", "--before", "hurst-pre", "--scale", "1e-4"],
+            ["--scale describes a scene given as a file", "--bands"],
+        ),
+        (
+            ["run", "fire", "--scene", "a.tif", "--scene", "b.tif", "--bands", "red,nir"],
+            ["--bands runs one --scene"],
+        ),
+        (["run", "forest", "--scene", "a.tif", "--bands", "red,,nir"], ["--bands", "NAME,NAME"]),
+        (["run", "forest", "--scene", "a.tif", "--bands", "red", "--scale", "x"], ["--scale"]),
     ],
 )
 def test_user_errors_are_one_line_exit_2(shared_data, args, needles, tmp_path, capsys, monkeypatch):
@@ -121,6 +135,26 @@ def test_user_errors_are_one_line_exit_2(shared_data, args, needles, tmp_path, c
     extra = ["--out", str(tmp_path)] if args[0] == "run" and len(args) > 2 else []
     assert_user_error(in_process([*args, *extra], capsys), *needles)
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_a_file_scene_without_a_catalog_maps_what_its_catalog_entry_maps(
+    shared_data, hurst_fire_run, tmp_path
+):
+    """``--bands`` and ``--scale`` describe the Hurst files as the catalog does."""
+    bands = "blue,green,red,nir,swir22"
+    described = ["--bands", bands, "--scale", "0.0001", "--sensor", "sentinel-2-l2a"]
+    proc = geoseg(
+        "run", "fire", "--scene", f"{HURST}/post.tif", "--before", f"{HURST}/pre.tif",
+        *described, "--tile-size", "100", "--out", str(tmp_path), cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("fire on post: 1 polygons")
+    for name in ("classes.tif", "confidence.tif"):
+        with (
+            rasterio.open(tmp_path / "fire" / "post" / name) as ours,
+            rasterio.open(hurst_fire_run.folder / name) as catalogued,
+        ):
+            assert np.array_equal(ours.read(), catalogued.read())
 
 
 def test_user_error_through_the_real_command(tmp_path):

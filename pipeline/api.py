@@ -17,8 +17,9 @@ import datetime as dt
 import math
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from pyproj import CRS
 from pyproj.exceptions import CRSError
@@ -28,6 +29,7 @@ from pipeline.errors import ConfigError
 from pipeline.gdal_messages import route_gdal_messages
 from pipeline.grid import BBox
 from pipeline.orchestrate import RunOptions, RunResult
+from pipeline.remote import is_remote, redact
 from pipeline.workflow import Workflow
 from pipeline.workflow import load_workflow as _load_workflow
 
@@ -80,12 +82,18 @@ def scene_from_file(
     ``scene_id`` defaults to the file's name without its suffix. The same checks as a
     catalog's: known band names, one ``scale``/``offset`` per band when lists, the file there.
     """
-    file = Path(path).expanduser().resolve()
-    scene_id = scene_id or file.stem
-    raw: dict[str, Any] = {"path": str(file), "bands": list(bands), "nodata": nodata}
+    if is_remote(str(path)):  # a URL GDAL reads: kept as given, named by its last part
+        location, folder = str(path), Path.cwd()
+        name = PurePosixPath(urlsplit(location).path).stem
+    else:
+        file = Path(path).expanduser().resolve()
+        location, folder, name = str(file), file.parent, file.stem
+    scene_id = scene_id or name
+    raw: dict[str, Any] = {"path": location, "bands": list(bands), "nodata": nodata}
     raw |= {"scale": _listed(scale), "offset": _listed(offset), "sensor": sensor}
     raw |= {"acquired": str(acquired) if acquired else None, "series": series}
-    catalog = Catalog(path=file.parent / "(no catalog)", entries={scene_id: _entry(raw, file)})
+    entry = _entry(raw, redact(location))
+    catalog = Catalog(path=folder / "(no catalog)", entries={scene_id: entry})
     return catalog.scene(scene_id)
 
 
@@ -277,7 +285,7 @@ def _listed(value: float | Sequence[float]) -> float | list[float]:
     return value if isinstance(value, int | float) else [float(v) for v in value]
 
 
-def _entry(raw: dict[str, Any], file: Path) -> SceneEntry:
+def _entry(raw: dict[str, Any], file: str) -> SceneEntry:
     """``raw`` validated as a catalog entry; its first problem as a one-line error."""
     from pydantic import ValidationError
 

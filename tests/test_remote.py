@@ -240,6 +240,22 @@ def test_remote_outputs_equal_local(remote_batch: RemoteBatch, scene: str) -> No
 
 
 @pytest.mark.slow
+def test_a_url_given_with_its_bands_runs_without_a_catalog(
+    remote_batch: RemoteBatch, cog: Path, tmp_path: Path
+) -> None:
+    """``--scene URL --bands …``: the URL as GDAL reads it, named by its file, read in part."""
+    with serve_files(cog.parent) as http:
+        described = ["--bands", ",".join(BANDS), "--scale", "0.0001"]
+        args = ["--out", str(tmp_path), "--workers", "1", "--bbox", BBOX, "--quiet"]
+        proc = _geoseg("run", "forest", "--scene", f"{http.url}/scene.tif", *described, *args)
+        served = http.bytes_by_path["/scene.tif"]
+    assert proc.returncode == 0, proc.stderr
+    local, _, _ = _classes(remote_batch.out / "forest" / "local")
+    np.testing.assert_array_equal(_classes(tmp_path / "forest" / "scene")[0], local)
+    assert 0 < served < 0.25 * cog.stat().st_size
+
+
+@pytest.mark.slow
 def test_credentials_never_in_outputs_or_logs(remote_batch: RemoteBatch) -> None:
     """The S3 secret key and the URL's password appear in no output file, stdout or stderr."""
     secrets = [S3_SECRET, HTTP_PASSWORD]

@@ -814,10 +814,11 @@ def _quiet_dask(record: logging.LogRecord) -> bool:
 
     But for its client's failed reconnections to a scheduler that went away: the run says
     so itself, in one line (:func:`pipeline.orchestrate.cluster.scheduler_lost`). Once a
-    signal stops the run, nothing from Dask or the Tornado loop it runs on reaches stderr:
-    a stop that lands while Dask's ``sync`` waits makes its loop log a traceback of its own.
+    signal stops the run, nothing from Dask or the Tornado and asyncio loops it runs on
+    reaches stderr: a stop that lands while Dask's ``sync`` waits makes its loop log a
+    traceback of its own.
     """
-    if not record.name.startswith(("distributed", "tornado")):
+    if not record.name.startswith(("distributed", "tornado", "asyncio")):
         return True
     if STOPPING.is_set():  # stopped on purpose: what breaks as the cluster goes is expected
         return False

@@ -321,16 +321,17 @@ def test_a_cloudy_scene_is_refused_with_one_line(shared_data, tmp_path):
     assert not (tmp_path / "forest" / "slovenia-2015-07-31").exists()
 
 
+@pytest.mark.parametrize("logger", ["tornado.application", "asyncio"])
 @pytest.mark.parametrize("stopping", [False, True])
-def test_the_dask_loop_is_quiet_only_once_a_signal_stops_the_run(stopping):
+def test_the_dask_loop_is_quiet_only_once_a_signal_stops_the_run(stopping, logger):
     """A stop that lands while Dask's ``sync`` waits makes Tornado log a traceback of Dask's."""
     from pipeline.cli import STOPPING, _quiet_dask
 
     try:
         raise NameError("cannot access free variable 'future'")
     except NameError:
-        record = logging.getLogger("tornado.application").makeRecord(
-            "tornado.application",
+        record = logging.getLogger(logger).makeRecord(
+            logger,
             logging.ERROR,
             __file__,
             0,

@@ -285,7 +285,7 @@ def _listed(value: float | Sequence[float]) -> float | list[float]:
     return value if isinstance(value, int | float) else [float(v) for v in value]
 
 
-def _entry(raw: dict[str, Any], file: str) -> SceneEntry:
+def _entry(raw: dict[str, Any], where: str) -> SceneEntry:
     """``raw`` validated as a catalog entry; its first problem as a one-line error."""
     from pydantic import ValidationError
 
@@ -295,4 +295,4 @@ def _entry(raw: dict[str, Any], file: str) -> SceneEntry:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "(scene)"
         msg = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{file}: field {field!r}: {msg}") from None
+        raise ConfigError(f"{where}: field {field!r}: {msg}") from None

@@ -548,23 +548,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-#: ``geoseg run`` options that describe a scene given as a file, as ``pipeline.run`` names them.
-FILE_SCENE_OPTIONS = ("bands", "scale", "offset", "nodata", "sensor", "acquired")
-
-
 def _file_scene_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The description of a scene given as a file (``--bands`` …); {} for catalog ids."""
-    given = {k: getattr(args, k) for k in FILE_SCENE_OPTIONS if getattr(args, k) is not None}
+    """The description of a scene given as a file (``--bands`` …); {} for catalog ids.
+
+    The options are :data:`pipeline.api.FILE_OPTIONS` but ``series``: ``--series`` names
+    a catalog series here.
+    """
+    from pipeline.api import FILE_OPTIONS
+    from pipeline.reading import is_raster
+
+    described = [k for k in FILE_OPTIONS if k != "series"]
+    given = {k: getattr(args, k) for k in described if getattr(args, k) is not None}
     if given and "bands" not in given:
         flags = ", ".join(f"--{k}" for k in given)
         verb = "describes" if len(given) == 1 else "describe"
         raise ConfigError(f"{flags} {verb} a scene given as a file: add --bands NAME,…")
     if not given:
         for sid in (*args.scene, *args.before):
-            if (
-                Path(sid).suffix.lower() in {".tif", ".tiff", ".vrt", ".jp2"}
-                and Path(sid).is_file()
-            ):
+            if is_raster(sid) and Path(sid).is_file():
                 raise ConfigError(
                     f"--scene and --before are catalog ids; to run the file {sid} without a "
                     "catalog, give its band names in band order with --bands (and --scale …)"
@@ -820,7 +821,7 @@ def _quiet_dask(record: logging.LogRecord) -> bool:
     """
     if not record.name.startswith(("distributed", "tornado", "asyncio")):
         return True
-    if STOPPING.is_set():  # stopped on purpose: what breaks as the cluster goes is expected
+    if STOPPED_BY:  # stopped on purpose: what breaks as the cluster goes is expected
         return False
     if not record.name.startswith("distributed"):
         return True
@@ -830,11 +831,10 @@ def _quiet_dask(record: logging.LogRecord) -> bool:
     return not isinstance(lost, (OSError, asyncio.CancelledError))
 
 
-#: Set once a signal asked the run to stop: Dask's complaints about its cluster going away
-#: are expected from then on, and kept off stderr (:func:`_quiet_dask`).
-STOPPING = threading.Event()
-#: The signals that asked it, the first first.
-_stop_signals: list[int] = []
+#: The signals that asked the run to stop, the first first; empty while none has. From the
+#: first on, Dask's complaints about its cluster going away are expected, and kept off
+#: stderr (:func:`_quiet_dask`).
+STOPPED_BY: list[int] = []
 
 
 class Terminated(KeyboardInterrupt):
@@ -850,7 +850,7 @@ class Terminated(KeyboardInterrupt):
 def _sigterm_as_interrupt() -> Iterator[None]:
     """Signals to stop raise inside the block: SIGTERM :class:`Terminated`, SIGINT as ever.
 
-    Both note the stop (:data:`STOPPING`); the handlers before are put back.
+    Both note the stop (:data:`STOPPED_BY`); the handlers before are put back.
 
     Only in the main thread, the one Python delivers signals to (``main`` called from
     another thread, as a test may, keeps the handler it has).
@@ -860,17 +860,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        _stop_signals.append(signum)
-        STOPPING.set()
+        STOPPED_BY.append(signum)
         raise Terminated
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
-        _stop_signals.append(signum)
-        STOPPING.set()
+        STOPPED_BY.append(signum)
         raise KeyboardInterrupt
 
-    STOPPING.clear()
-    _stop_signals.clear()
+    STOPPED_BY.clear()
     before = signal.signal(signal.SIGTERM, stop), signal.signal(signal.SIGINT, interrupt)
     try:
         yield
@@ -937,9 +934,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stopped(signal.SIGINT)
     except SystemExit:
         # Lightning ends a fit that a signal stopped with sys.exit(1), after its clean-up.
-        if not STOPPING.is_set():
+        if not STOPPED_BY:
             raise
-        return _stopped(_stop_signals[0])
+        return _stopped(STOPPED_BY[0])
     return 0
 
 

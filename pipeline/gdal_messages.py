@@ -6,8 +6,8 @@ preview thread, GDAL's own handler prints ``Warning 1: …`` on stderr. :func:`r
 makes GDAL's process-wide handler log too (logger ``pipeline.gdal``), so that every message
 reaches the same handlers, and drops from both loggers the warnings libtiff gives while it reads
 a file's directory (``TIFFReadDirectory: …``): notes that it found a tag laid out loosely and
-read the image anyway. Files written by common tools carry them (the Pucallpa composites: four
-samples without the ExtraSamples tag), and a series run printed 57 such lines and nothing else.
+read the image anyway, about files common tools write (the Pucallpa composites: four samples
+without the ExtraSamples tag), which a user can do nothing about.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-__all__ = ["LOGGER", "is_libtiff_layout_note", "route_gdal_messages"]
+__all__ = ["LOGGER", "route_gdal_messages"]
 
 #: Where GDAL's messages from outside rasterio's environment go.
 LOGGER = logging.getLogger("pipeline.gdal")
@@ -29,16 +29,12 @@ _LEVELS = {1: logging.DEBUG, 2: logging.WARNING, 3: logging.ERROR, 4: logging.CR
 _Handler = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_char_p)
 
 _lock = threading.Lock()
-_installed: list[object] = []  # the handler, kept alive while GDAL may call it
+_routed: list[object] = []  # once routed: the handler, kept alive while GDAL may call it
 
 
-def is_libtiff_layout_note(record: logging.LogRecord) -> bool:
-    """A warning libtiff gave while reading a file's directory: it read the file anyway."""
-    return record.levelno == logging.WARNING and "TIFFReadDirectory:" in record.getMessage()
-
-
-def _keep(record: logging.LogRecord) -> bool:
-    return not is_libtiff_layout_note(record)
+def _not_a_layout_note(record: logging.LogRecord) -> bool:
+    """False for a warning libtiff gave while reading a file's directory, true otherwise."""
+    return record.levelno != logging.WARNING or "TIFFReadDirectory:" not in record.getMessage()
 
 
 def route_gdal_messages() -> None:
@@ -47,15 +43,16 @@ def route_gdal_messages() -> None:
     Where rasterio's GDAL cannot be reached through ctypes, only the filter is installed.
     """
     with _lock:
-        if _installed:
+        if _routed:
             return
         for name in ("rasterio._env", LOGGER.name):
-            logging.getLogger(name).addFilter(_keep)
-        handler = _Handler(_log_gdal_message)
+            logging.getLogger(name).addFilter(_not_a_layout_note)
         setter = _gdal_handler_setter()
-        _installed.append(handler)
         if setter is None:
+            _routed.append(None)
             return
+        handler = _Handler(_log_gdal_message)
+        _routed.append(handler)
         previous = setter(ctypes.cast(handler, ctypes.c_void_p).value)
         # GDAL may speak while Python shuts down, when no Python callback may run.
         atexit.register(setter, previous)

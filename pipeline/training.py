@@ -241,6 +241,8 @@ def train(
         ChipDataset(val_pool, bands, chips.val, chips.size, *chip_data, False, options.seed),
     )
     losses = _fit(task, datasets, options)
+    if not losses:
+        raise ModelError("training ran no step; check --epochs and --steps-per-epoch")
     net = task.model.cpu().eval()
     card = ModelCard(
         arch=config.arch,
@@ -266,8 +268,6 @@ def train(
     card = card.model_copy(update={"metrics": metrics})
     model.card = card
     save_checkpoint(out, net.state_dict(), hparams, card)
-    if not losses:
-        raise ModelError("training ran no step; check --epochs and --steps-per-epoch")
     return TrainResult(model=model, card=card, losses=losses)
 
 
@@ -297,14 +297,14 @@ class _Chips:
     @classmethod
     def draw(cls, sources: list[_Source], val_pool: list[_Source], options: TrainOptions) -> _Chips:
         """Draw the chips at random (seeded): a schedule's worth, and a few to validate on."""
-        rng = np.random.default_rng(options.seed)
         size = options.chip_size
-        n_train = options.steps_per_epoch * options.batch_size
-        train = _random_chips(sources, n_train, size, rng)
-        val = _random_chips(val_pool, max(options.batch_size, 8), size, rng)
         grids = [s.grid for s in [*sources, *val_pool]]
         if min(min(size, g.height, g.width) for g in grids) < 32:
             raise ConfigError("scenes smaller than 32 pixels cannot be trained on")
+        rng = np.random.default_rng(options.seed)
+        n_train = options.steps_per_epoch * options.batch_size
+        train = _random_chips(sources, n_train, size, rng)
+        val = _random_chips(val_pool, max(options.batch_size, 8), size, rng)
         return cls(train, val, size)
 
 
@@ -356,9 +356,13 @@ def _fit(task: Any, datasets: tuple[Dataset, Dataset], options: TrainOptions) ->
     import lightning.pytorch as pl
 
     losses: list[float] = []
-    epoch_starts = [0]
 
     class _Losses(pl.Callback):
+        first = 0  # this epoch's first step in ``losses``
+
+        def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+            self.first = len(losses)
+
         def on_train_batch_end(
             self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int
         ) -> None:
@@ -366,10 +370,10 @@ def _fit(task: Any, datasets: tuple[Dataset, Dataset], options: TrainOptions) ->
             losses.append(float(loss))
 
         def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
-            epoch = losses[epoch_starts[-1] :]
-            epoch_starts.append(len(losses))
+            epoch = losses[self.first :]
             if options.on_epoch is not None and epoch:
-                options.on_epoch(len(epoch_starts) - 1, options.epochs, sum(epoch) / len(epoch))
+                n = trainer.current_epoch + 1
+                options.on_epoch(n, options.epochs, sum(epoch) / len(epoch))
 
     trainer = pl.Trainer(
         max_epochs=options.epochs,

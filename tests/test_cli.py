@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
 import sys
 
@@ -325,7 +326,7 @@ def test_a_cloudy_scene_is_refused_with_one_line(shared_data, tmp_path):
 @pytest.mark.parametrize("stopping", [False, True])
 def test_the_dask_loop_is_quiet_only_once_a_signal_stops_the_run(stopping, logger):
     """A stop that lands while Dask's ``sync`` waits makes Tornado log a traceback of Dask's."""
-    from pipeline.cli import STOPPING, _quiet_dask
+    from pipeline.cli import STOPPED_BY, _quiet_dask
 
     try:
         raise NameError("cannot access free variable 'future'")
@@ -341,12 +342,12 @@ def test_the_dask_loop_is_quiet_only_once_a_signal_stops_the_run(stopping, logge
         )
     ours = logging.LogRecord("pipeline.orchestrate", logging.ERROR, __file__, 0, "x", None, None)
     if stopping:
-        STOPPING.set()
+        STOPPED_BY.append(signal.SIGTERM)
     try:
         assert _quiet_dask(record) is not stopping
         assert _quiet_dask(ours)
     finally:
-        STOPPING.clear()
+        STOPPED_BY.clear()
 
 
 def test_a_reader_that_stops_early_ends_the_listing_quietly(tmp_path):

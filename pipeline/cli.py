@@ -819,12 +819,12 @@ def _quiet_dask(record: logging.LogRecord) -> bool:
     reaches stderr: a stop that lands while Dask's ``sync`` waits makes its loop log a
     traceback of its own.
     """
-    if not record.name.startswith(("distributed", "tornado", "asyncio")):
+    if record.name.startswith(("tornado", "asyncio")):
+        return not STOPPED_BY
+    if not record.name.startswith("distributed"):
         return True
     if STOPPED_BY:  # stopped on purpose: what breaks as the cluster goes is expected
         return False
-    if not record.name.startswith("distributed"):
-        return True
     if record.levelno < logging.ERROR or record.getMessage().startswith("Failed to reconnect"):
         return False
     lost = record.exc_info[1] if record.exc_info else None

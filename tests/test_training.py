@@ -329,9 +329,7 @@ def test_a_stop_mid_training_is_one_line_and_writes_nothing(dove, tmp_path, sig,
     """Lightning ends a fit stopped by a signal with sys.exit(1): still our line and status."""
     catalog, folder = dove
     out = tmp_path / "m.ckpt"
-    proc = start_geoseg(
-        *_train_dove(catalog, folder, out, epochs=50),
-    )
+    proc = start_geoseg(*_train_dove(catalog, folder, out, epochs=50))
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
